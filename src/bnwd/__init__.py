@@ -1,0 +1,1 @@
+"""bnwd: batch norm + weight decay = an effective learning rate."""

@@ -1,0 +1,112 @@
+"""ResNet v1 for CIFAR as in TensorFlow's official/resnet (the article's network).
+
+Every conv is bias-free and followed by BN, so every conv kernel is scale-invariant.
+The first block of every stage has a 1x1 projection shortcut (stride 1 in stage 1 too).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# TF truncated_normal cuts at 2 std; its variance is 0.87962566^2 of the untruncated one.
+_TRUNC_STD = 0.87962566103423978
+
+
+def variance_scaling_(w: torch.Tensor) -> torch.Tensor:
+    """Fan-in variance scaling (TF `variance_scaling_initializer()`): E[w^2] = 1/fan_in.
+
+    So a conv with `out` output channels starts with sum(w^2) ~= out, and ResNet-20's
+    22 convs (sum of out_channels = 800) start near the article's `initial_conv2d_sqsum`.
+    """
+    fan_in = w[0].numel()
+    std = math.sqrt(1.0 / fan_in) / _TRUNC_STD
+    with torch.no_grad():
+        return nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std)
+
+
+def conv(cin: int, cout: int, k: int, stride: int) -> nn.Conv2d:
+    # TF conv2d_fixed_padding: 'SAME' at stride 1, explicit (k-1)//2 pad at stride 2;
+    # both equal PyTorch padding=(k-1)//2 for odd k (3x3 -> 1, 1x1 -> 0).
+    c = nn.Conv2d(cin, cout, k, stride=stride, padding=(k - 1) // 2, bias=False)
+    variance_scaling_(c.weight)
+    return c
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN, + shortcut (optionally 1x1 conv + BN), ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int, project: bool, bn_momentum: float, bn_eps: float):
+        super().__init__()
+        self.conv1 = conv(cin, cout, 3, stride)
+        self.bn1 = nn.BatchNorm2d(cout, eps=bn_eps, momentum=bn_momentum)
+        self.conv2 = conv(cout, cout, 3, 1)
+        self.bn2 = nn.BatchNorm2d(cout, eps=bn_eps, momentum=bn_momentum)
+        if project:
+            self.proj = conv(cin, cout, 1, stride)
+            self.proj_bn = nn.BatchNorm2d(cout, eps=bn_eps, momentum=bn_momentum)
+        else:
+            self.proj = self.proj_bn = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.proj is None else self.proj_bn(self.proj(x))
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + shortcut)
+
+
+class ResNetV1(nn.Module):
+    """CIFAR ResNet v1 of depth 6n+2: stem conv3x3-BN-ReLU, 3 stages of n blocks, GAP, dense."""
+
+    def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 10,
+                 bn_momentum: float = 0.003, bn_eps: float = 1e-5):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"ResNet v1 depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth}")
+        n = (depth - 2) // 6
+        self.depth, self.width = depth, width
+        self.conv = conv(3, width, 3, 1)
+        self.bn = nn.BatchNorm2d(width, eps=bn_eps, momentum=bn_momentum)
+        stages, cin = [], width
+        for i, stride in enumerate((1, 2, 2)):
+            cout = width * 2**i
+            blocks = [BasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1, j == 0, bn_momentum, bn_eps)
+                      for j in range(n)]
+            stages.append(nn.Sequential(*blocks))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(cin, num_classes)
+        nn.init.xavier_uniform_(self.fc.weight)  # TF dense default: Glorot uniform, zero bias
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.conv(x)))
+        x = self.stages(x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def resnet(depth: int = 20, **kw) -> ResNetV1:
+    """TF-official CIFAR ResNet v1 of any depth 6n+2 (`width`, `bn_momentum`, `bn_eps` optional)."""
+    return ResNetV1(depth, **kw)
+
+
+def resnet20(**kw) -> ResNetV1:
+    """The article's network: ResNet-20 v1, 22 bias-free convs each followed by BN, dense 64->10."""
+    return ResNetV1(20, **kw)
+
+
+def conv_sqsum(model: nn.Module) -> float:
+    """Sum of squared conv kernel entries (the article's `conv2d_sqsum`)."""
+    return float(sum(m.weight.detach().float().pow(2).sum() for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)))
+
+
+def set_bn(model: nn.Module, momentum: float | None = None, eps: float | None = None) -> None:
+    """Set the momentum (PyTorch convention: 1 - TF decay) and/or eps of every BN layer."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if momentum is not None:
+                m.momentum = momentum
+            if eps is not None:
+                m.eps = eps
