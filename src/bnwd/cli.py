@@ -1,0 +1,139 @@
+"""`bnwd` command line: train, reproduce, plot, audit, bench."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import BnwdError, ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2
+        sys.stderr.write(f"bnwd: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _common_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="folder with cifar-10-batches-py/ or cifar-10-python.tar.gz (default: $BNWD_DATA or ~/.cache/bnwd)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 lr=0.05")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS, VARIANTS
+    p = _Parser(prog="bnwd", description="Batch norm + weight decay: reproduce, measure and transform the effective learning rate.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train one run into a run directory")
+    t.add_argument("--variant", default="baseline", help=f"one of {', '.join(VARIANTS)}")
+    t.add_argument("--preset", default="blog", help=f"one of {', '.join(PRESETS)} (default blog: the article's 150 epochs)")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run (a finished one is left untouched)")
+    t.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
+    _common_train(t)
+
+    r = sub.add_parser("reproduce", help="the article's four runs (x seeds), figures, summary and report")
+    r.add_argument("--preset", default=None, help="blog | cpu | smoke (default: blog with a GPU, cpu without)")
+    r.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    r.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
+    r.add_argument("--optimizer", default="sgd", help="sgd | adam | adamw")
+    r.add_argument("--exact", action="store_true", help="add the lr_exact run (exact transform + BN statistics rescaled)")
+    r.add_argument("--variants", default=None, help="comma-separated subset of variants to run")
+    r.add_argument("--force", action="store_true", help="redo runs whose config changed")
+    _common_train(r)
+
+    pl = sub.add_parser("plot", help="redraw figures (and summary/report) from finished runs")
+    pl.add_argument("runs", nargs="+", help="run directories (or folders containing them)")
+    pl.add_argument("--out", required=True, help="output folder")
+
+    a = sub.add_parser("audit", help="which parameters are scale-invariant, and what their L2 does")
+    a.add_argument("--model", default="resnet20", help="resnet20 | resnetN | package.module:factory")
+    a.add_argument("--input-shape", default="8,3,32,32", help="example input shape, comma-separated (batch first)")
+    a.add_argument("--weight-decay", type=float, default=2e-4, help="L2 coefficient assumed on every parameter")
+
+    b = sub.add_parser("bench", help="training throughput (img/s) and monitor overhead")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--steps", type=int, default=20)
+    b.add_argument("--width", type=int, default=16)
+    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--json", default=None, help="also write results to this JSON file")
+    return p
+
+
+def cmd_train(args) -> int:
+    from .config import make_config, parse_overrides
+    from .train import train
+    ov = parse_overrides(args.overrides)
+    kw = {"variant": args.variant, "seed": args.seed}
+    if args.device:
+        kw["device"] = args.device
+    cfg = make_config(args.preset, {**kw, **ov})
+    s = train(cfg, args.out, args.data, resume=args.resume, force=args.force, progress=not args.no_progress)
+    print(f"{args.out}: test acc {100 * s['final_test_acc']:.2f}%, train loss {s['final_train_loss']:.4f}, "
+          f"conv sqsum {s['final_conv_sqsum']:.1f}, {s['images_per_s']:.0f} img/s")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .config import parse_overrides
+    from .experiments import reproduce
+    ov = parse_overrides(args.overrides)
+    if args.device:
+        ov["device"] = args.device
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    res = reproduce(preset=args.preset, seeds=args.seeds, data=args.data, out=args.out, optimizer=args.optimizer,
+                    exact=args.exact, variants=variants, overrides=ov, force=args.force, progress=not args.no_progress)
+    print(f"report: {res['report']}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .experiments import find_runs, write_outputs
+    runs = find_runs([Path(r) for r in args.runs])
+    res = write_outputs(runs, Path(args.out))
+    print(f"{len(res['figures'])} figures in {Path(args.out) / 'figures'}; report {res['report']}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    import torch
+    from .invariance import audit, format_audit, load_factory
+    try:
+        shape = tuple(int(s) for s in args.input_shape.split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape must be comma-separated integers, got {args.input_shape!r}") from None
+    model = load_factory(args.model)()
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    names = [n for n, _ in model.named_parameters()]
+    rows = audit(model, x, {n: args.weight_decay for n in names})
+    print(format_audit(rows))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench
+    bench(device=args.device, batch_size=args.batch_size, steps=args.steps, width=args.width,
+          threads=args.threads, json_path=args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "reproduce": cmd_reproduce, "plot": cmd_plot, "audit": cmd_audit,
+                "bench": cmd_bench}[args.cmd](args)
+    except BnwdError as e:
+        sys.stderr.write(f"bnwd: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("bnwd: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
