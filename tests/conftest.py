@@ -1,0 +1,16 @@
+import pytest
+
+from bnwd.data import load_cifar10, write_fake_cifar
+
+
+@pytest.fixture(scope="session")
+def fake_data_dir(tmp_path_factory):
+    """A tiny CIFAR-format archive (400 train / 100 test images) shared by the training tests."""
+    d = tmp_path_factory.mktemp("cifar")
+    write_fake_cifar(d, n_train=400, n_test=100, seed=0)
+    return d
+
+
+@pytest.fixture(scope="session")
+def fake_data(fake_data_dir):
+    return load_cifar10(fake_data_dir, download=False)

@@ -1,0 +1,57 @@
+import torch
+
+from bnwd.models import conv_sqsum, resnet, resnet20
+
+
+def test_resnet20_structure():
+    """22 bias-free convs, each followed by BN; 1x1 projection in the first block of each stage; dense 64->10."""
+    m = resnet20()
+    convs = [x for x in m.modules() if isinstance(x, torch.nn.Conv2d)]
+    assert len(convs) == 22
+    assert all(c.bias is None for c in convs)
+    assert sum(c.out_channels for c in convs) == 800
+    projs = [c for c in convs if c.kernel_size == (1, 1)]
+    assert [(p.in_channels, p.out_channels, p.stride) for p in projs] == [(16, 16, (1, 1)), (16, 32, (2, 2)), (32, 64, (2, 2))]
+    assert (m.fc.in_features, m.fc.out_features) == (64, 10)
+    assert torch.count_nonzero(m.fc.bias) == 0
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_init_sqsum_near_800():
+    """Fan-in variance scaling gives E[w^2] = 1/fan_in, so sum(w^2) per conv ~ out_channels; total ~800."""
+    vals = [conv_sqsum(resnet20()) for _ in range(3)]
+    assert all(760 < v < 840 for v in vals), vals
+
+
+def test_depth_6n_plus_2():
+    """resnet(depth) builds any 6n+2 depth with 6n+1+3 convs and rejects other depths."""
+    m = resnet(32)
+    assert sum(isinstance(x, torch.nn.Conv2d) for x in m.modules()) == 6 * 5 + 1 + 3
+    try:
+        resnet(21)
+    except ValueError as e:
+        assert "6n+2" in str(e)
+    else:
+        raise AssertionError("depth 21 accepted")
+
+
+def test_output_invariant_to_conv_scale_train_mode():
+    """Conv -> BN: f(c w) = f(w) in training mode and grad(c w) = grad(w) / c (exact with BN eps -> 0)."""
+    torch.manual_seed(0)
+    m = resnet(8, width=4, bn_eps=1e-12).double().train()
+    x = torch.randn(8, 3, 16, 16, dtype=torch.float64)
+    w = m.stages[1][0].conv1.weight
+    out0 = m(x)
+    out0.sum().backward()
+    g0 = w.grad.clone()
+    with torch.no_grad():
+        w.mul_(3.0)
+    m.zero_grad()
+    out1 = m(x)
+    out1.sum().backward()
+    assert torch.allclose(out0, out1, rtol=0, atol=1e-9)
+    assert torch.allclose(w.grad * 3.0, g0, rtol=1e-7, atol=1e-12)
+    # the head is not scale-invariant
+    with torch.no_grad():
+        m.fc.weight.mul_(2.0)
+    assert not torch.allclose(m(x), out1, atol=1e-3)

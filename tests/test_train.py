@@ -1,0 +1,236 @@
+"""Training loop: run directory contents, determinism, resume, faults (issue 2 and 5)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bnwd import train as T
+from bnwd.cli import main
+from bnwd.config import make_config
+from bnwd.errors import BnwdError, CheckpointError, ConfigError, DivergenceError
+
+SMALL = {"epochs": 2.0, "lr_milestones": [1.0, 1.5], "train_subset": 0, "test_subset": 0}
+
+
+def cfg(**kw):
+    return make_config("smoke", {**SMALL, **kw})
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_dir_complete(tmp_path, fake_data):
+    """A smoke run writes config.json (resolved), metrics.jsonl (required keys), summary.json and a checkpoint."""
+    out = tmp_path / "run"
+    s = T.train(cfg(), out, dataset=fake_data, progress=False)
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["variant"] == "baseline" and conf["resolved"]["conv_weight_decay"] == conf["weight_decay"]
+    assert conf["steps_per_epoch"] == 400 // 64
+    rows = metrics(out)
+    for k in ("step", "epoch", "lr", "train_loss", "train_acc", "conv_sqsum", "rel_step_conv", "rel_step_conv_ema"):
+        assert all(k in r for r in rows), k
+    assert [r["step"] for r in rows] == sorted({r["step"] for r in rows})
+    assert any("test_acc" in r for r in rows) and "test_acc" in rows[-1]
+    assert s["finished"] and (out / "checkpoint.pt").exists()
+    assert rows[-1]["lr"] == pytest.approx(0.001)
+
+
+def test_same_seed_same_metrics(tmp_path, fake_data):
+    """CPU training is deterministic: the same seed gives identical metrics; another seed does not."""
+    a, b, c = (tmp_path / n for n in "abc")
+    T.train(cfg(), a, dataset=fake_data, progress=False)
+    T.train(cfg(), b, dataset=fake_data, progress=False)
+    T.train(cfg(seed=1), c, dataset=fake_data, progress=False)
+    assert metrics(a) == metrics(b)
+    assert metrics(a) != metrics(c)
+
+
+def test_no_conv_l2_grows_conv_norm(tmp_path, fake_data):
+    """Without conv L2 the conv weights only grow (steps are orthogonal to w); with it they shrink here."""
+    T.train(cfg(variant="no_conv_l2", weight_decay=0.05), tmp_path / "n", dataset=fake_data, progress=False)
+    T.train(cfg(weight_decay=0.05), tmp_path / "b", dataset=fake_data, progress=False)
+    n, b = metrics(tmp_path / "n"), metrics(tmp_path / "b")
+    assert n[-1]["conv_sqsum"] > n[0]["conv_sqsum"] > b[0]["conv_sqsum"] > b[-1]["conv_sqsum"]
+
+
+def test_crash_then_resume_equals_uninterrupted(tmp_path, fake_data, monkeypatch):
+    """An exception mid-run (after metrics lines past the last checkpoint were written) then --resume
+    gives exactly the metrics of an uninterrupted run, each sample point once."""
+    ref = tmp_path / "ref"
+    T.train(cfg(checkpoint_every=0.5), ref, dataset=fake_data, progress=False)
+    out = tmp_path / "crash"
+    real = T.Trainer.train_step
+
+    def crashing(self, step):
+        if step == 9:
+            raise RuntimeError("simulated crash")
+        return real(self, step)
+
+    monkeypatch.setattr(T.Trainer, "train_step", crashing)
+    with pytest.raises(RuntimeError):
+        T.train(cfg(checkpoint_every=0.5), out, dataset=fake_data, progress=False)
+    monkeypatch.setattr(T.Trainer, "train_step", real)
+    assert not (out / "summary.json").exists()
+    T.train(cfg(checkpoint_every=0.5), out, resume=True, dataset=fake_data, progress=False)
+    assert metrics(out) == metrics(ref)
+
+
+def _cli(*args, env_extra=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return [sys.executable, "-m", "bnwd", *args], env
+
+
+def test_sigkill_anywhere_then_resume(tmp_path, fake_data_dir, fake_data):
+    """SIGKILL at an arbitrary point, then --resume: same metrics as an uninterrupted run, no duplicate,
+    missing or half-written line."""
+    over = ["epochs=12", "lr_milestones=6,9", "checkpoint_every=0.25", "train_subset=0", "test_subset=0"]
+    ref = tmp_path / "ref"
+    T.train(make_config("smoke", {"epochs": 12, "lr_milestones": [6, 9], "checkpoint_every": 0.25, "train_subset": 0,
+                                  "test_subset": 0}), ref, dataset=fake_data, progress=False)
+    out = tmp_path / "killed"
+    cmd, env = _cli("train", "--preset", "smoke", "--data", str(fake_data_dir), "--out", str(out), "--no-progress", *over)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None:
+        m = out / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= 10:
+            break
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (out / "summary.json").exists(), "run finished before it could be killed"
+    r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert metrics(out) == metrics(ref)
+
+
+def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, fake_data_dir):
+    """SIGTERM stops at the next step boundary, writes a checkpoint and exits with a one-line hint."""
+    out = tmp_path / "term"
+    cmd, env = _cli("train", "--preset", "smoke", "--data", str(fake_data_dir), "--out", str(out), "--no-progress",
+                    "epochs=40", "train_subset=0", "test_subset=0", "checkpoint_every=10")
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        m = out / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    assert "--resume" in err and "Traceback" not in err
+    st = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert 0 < st["step"] < 40 * 6
+
+
+def test_never_clobber(tmp_path, fake_data):
+    """Another config in --out is refused (naming the difference) unless --force; the same config
+    without --resume says to use --resume; --resume on a finished run leaves it untouched."""
+    out = tmp_path / "run"
+    T.train(cfg(), out, dataset=fake_data, progress=False)
+    with pytest.raises(ConfigError, match="lr: 0.1 -> 0.05"):
+        T.train(cfg(lr=0.05), out, dataset=fake_data, progress=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        T.train(cfg(), out, dataset=fake_data, progress=False)
+    before = (out / "metrics.jsonl").read_bytes(), (out / "checkpoint.pt").stat().st_mtime_ns
+    T.train(cfg(), out, resume=True, dataset=fake_data, progress=False)
+    assert before == ((out / "metrics.jsonl").read_bytes(), (out / "checkpoint.pt").stat().st_mtime_ns)
+    T.train(cfg(lr=0.05), out, force=True, dataset=fake_data, progress=False)
+    assert json.loads((out / "config.json").read_text())["lr"] == 0.05
+
+
+def test_corrupt_checkpoint_refused(tmp_path, fake_data):
+    """A truncated checkpoint is refused with a clear CheckpointError, not a traceback."""
+    out = tmp_path / "run"
+    T.train(cfg(), out, dataset=fake_data, progress=False)
+    (out / "summary.json").unlink()
+    data = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        T.train(cfg(), out, resume=True, dataset=fake_data, progress=False)
+
+
+def test_checkpoint_from_other_config_refused(tmp_path, fake_data):
+    """A checkpoint written by another config (copied into this run dir) is refused."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    T.train(cfg(lr=0.05), a, dataset=fake_data, progress=False)
+    T.train(cfg(), b, dataset=fake_data, progress=False)
+    (b / "summary.json").unlink()
+    (b / "checkpoint.pt").write_bytes((a / "checkpoint.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="another config"):
+        T.train(cfg(), b, resume=True, dataset=fake_data, progress=False)
+
+
+def test_divergence_stops_with_step(tmp_path, fake_data):
+    """A NaN/inf loss stops the run naming the step; the last good checkpoint stays loadable."""
+    out = tmp_path / "nan"
+    with pytest.raises(DivergenceError, match=r"at step \d+"):
+        T.train(cfg(lr=1e30, epochs=4, checkpoint_every=0.25, lr_milestones=[10]), out, dataset=fake_data, progress=False)
+    if (out / "checkpoint.pt").exists():
+        st = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
+
+
+def test_disk_full_keeps_previous_file(tmp_path, monkeypatch):
+    """A failed write (disk full) raises a clear error and leaves the previous file intact."""
+    f = tmp_path / "checkpoint.pt"
+    T.atomic_write(f, b"old")
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(BnwdError, match="No space left"):
+        T.atomic_write(f, b"new")
+    assert f.read_bytes() == b"old"
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_unwritable_out_is_clear_error(tmp_path, fake_data):
+    """An --out that cannot be created (a file is in the way) is a one-line error."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BnwdError, match="cannot create run directory"):
+        T.train(cfg(), tmp_path / "file" / "run", dataset=fake_data, progress=False)
+
+
+@pytest.mark.parametrize("arg", ["batch_size=0", "momentum=1", "weight_decay=-1", "lr=-0.1", "epochs=abc",
+                                 "bogus=1", "depth=21", "lr_milestones=x"])
+def test_bad_config_exit_2(arg, tmp_path, capsys):
+    """Bad values and unknown keys: one line on stderr, exit code 2, nothing written."""
+    assert main(["train", "--preset", "smoke", "--out", str(tmp_path / "r"), arg]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bnwd: ") and "\n" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_variant_and_preset_exit_2(tmp_path, capsys):
+    assert main(["train", "--variant", "nope", "--preset", "smoke", "--out", str(tmp_path / "r")]) == 2
+    assert main(["train", "--preset", "nope", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+
+
+def test_cli_train_writes_run(tmp_path, fake_data_dir, capsys):
+    """`bnwd train --preset smoke --data D --out RUN` end to end through the CLI."""
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--data", str(fake_data_dir), "--out", str(out), "--no-progress",
+                 "train_subset=0", "test_subset=0"]) == 0
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"}
+    assert "test acc" in capsys.readouterr().out
+
+
+def test_lr_scaled_reference_tracks_baseline_factor(tmp_path, fake_data):
+    """lr_scaled with lr_scaling=reference multiplies conv grads by S(t)/S_ref(t); the factor is logged."""
+    base = tmp_path / "base"
+    T.train(cfg(), base, dataset=fake_data, progress=False)
+    T.train(cfg(variant="lr_scaled", reference=str(base)), tmp_path / "ls", dataset=fake_data, progress=False)
+    rows = metrics(tmp_path / "ls")
+    assert all("lr_factor" in r for r in rows) and rows[0]["lr_factor"] != 1.0
+    with pytest.raises(ConfigError, match="not a finished baseline"):
+        T.train(cfg(variant="lr_scaled", reference=str(tmp_path)), tmp_path / "x", dataset=fake_data, progress=False)
