@@ -198,8 +198,9 @@ class Trainer:
         spe = self.spe = self.loader.steps_per_epoch
         self.total_steps = max(1, round(cfg.epochs * spe))
         self.sample_every = max(1, round(cfg.sample_every * spe))
-        self.eval_every = max(1, round(cfg.eval_every * spe))
-        self.ckpt_every = max(1, round(cfg.checkpoint_every * spe))
+        # Evaluations and checkpoints happen at sample points, every k-th one.
+        self.eval_every = self.sample_every * max(1, round(cfg.eval_every / cfg.sample_every))
+        self.ckpt_every = self.sample_every * max(1, round(cfg.checkpoint_every / cfg.sample_every))
 
         torch.manual_seed(cfg.seed)
         model = resnet(cfg.depth, width=cfg.width, bn_momentum=self.res["bn_momentum_used"], bn_eps=cfg.bn_eps)
