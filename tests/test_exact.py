@@ -1,4 +1,9 @@
-"""The exact weight-decay -> lr transform (design.md): w~_t = w_t / s_t, same train-mode function."""
+"""The exact weight-decay -> lr transform (design.md): w~_t = w_t / s_t, same train-mode function.
+
+Float64, a conv-BN-ReLU-conv-BN-ReLU-GAP-Linear net, 4 fixed batches cycled, 300 steps of SGD
+(lr 0.1, momentum 0.9) with a 10x MultiStepLR drop at step 150, L2 5e-3 on every group; the
+wrapped run moves the conv groups' L2 into the learning rate, the head keeps its L2.
+"""
 import copy
 
 import numpy as np
@@ -7,9 +12,20 @@ import torch
 import torch.nn as nn
 
 from bnwd.errors import ConfigError
-from bnwd.exact import WeightDecayAsLR, decay_scales
+from bnwd.exact import WeightDecayAsLR, decay_scales, following_norms
+from bnwd.models import resnet
+from bnwd.optim import param_groups
 
 STEPS, DROP, LR, MU, WD = 300, 150, 0.1, 0.9, 5e-3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny float64 nets: intra-op threads only add contention (10x slower on a shared 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def net(eps, bn_momentum=0.1):
@@ -20,73 +36,110 @@ def net(eps, bn_momentum=0.1):
 
 
 def groups(m):
-    conv = [m[0].weight, m[3].weight]
-    rest = [p for p in m.parameters() if all(p is not c for c in conv)]
-    return [{"name": "conv", "params": conv, "weight_decay": WD}, {"name": "head", "params": rest, "weight_decay": WD}]
+    return param_groups(m, WD)  # conv: the two kernels; bn: gamma/beta; head: the Linear
 
 
-g = torch.Generator().manual_seed(1)
-BATCHES = [(torch.randn(16, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g)) for _ in range(4)]
+_g = torch.Generator().manual_seed(1)
+BATCHES = [(torch.randn(16, 3, 8, 8, generator=_g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=_g))
+           for _ in range(4)]
+XS = torch.cat([x for x, _ in BATCHES])
 
 
-def run(model, opt, stepper, steps, sched=None, start=0):
-    for t in range(start, steps):
+def train(model, stepper, sched, start, stop, record=None, eval_record=None):
+    """Train steps [start, stop); record the train-mode logits of each step's batch (before the step)."""
+    for t in range(start, stop):
         x, y = BATCHES[t % 4]
         stepper.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
+        out = model(x)
+        nn.functional.cross_entropy(out, y).backward()
+        if record is not None:
+            record.append(out.detach().clone())
         stepper.step()
-        if sched:
-            sched.step()
+        sched.step()
+        if eval_record is not None and t % 10 == 9:
+            eval_record.append(logits(model, train=False))
 
 
-def pair(eps, **kw):
+def logits(m, train=True):
+    """Outputs on all 64 images; train mode batch statistics without touching the running stats."""
+    was = m.training
+    state = copy.deepcopy({k: v for k, v in m.state_dict().items() if "running" in k or "num_batches" in k})
+    m.train(train)
+    with torch.no_grad():
+        out = m(XS)
+    m.load_state_dict(state, strict=False)
+    m.train(was)
+    return out
+
+
+def pair(eps, sched_on="wrapper", **kw):
+    """Baseline and wrapped runs from the same weights on the same batches; per-step logits of both."""
     base, tr = net(eps), net(eps)
     ob = torch.optim.SGD(groups(base), lr=LR, momentum=MU)
     ot = torch.optim.SGD(groups(tr), lr=LR, momentum=MU)
     wrap = WeightDecayAsLR(ot, ["conv"], model=tr, **kw)
     sb = torch.optim.lr_scheduler.MultiStepLR(ob, [DROP], 0.1)
-    st = torch.optim.lr_scheduler.MultiStepLR(ot, [DROP], 0.1)
-    run(base, ob, ob, STEPS, sb)
-    run(tr, ot, wrap, STEPS, st)
-    return base, tr, wrap
-
-
-def logits(m, train=True):
-    m.train(train)
-    with torch.no_grad():
-        return torch.cat([m(x) for x, _ in BATCHES])
+    st = torch.optim.lr_scheduler.MultiStepLR(wrap if sched_on == "wrapper" else ot, [DROP], 0.1)
+    rb, rt, eb, et = [], [], [], []
+    train(base, ob, sb, 0, STEPS, rb, eb)
+    train(tr, wrap, st, 0, STEPS, rt, et)
+    return base, tr, wrap, (torch.stack(rb) - torch.stack(rt)).abs().max().item(), \
+        (torch.stack(eb) - torch.stack(et)).abs().max().item()
 
 
 def test_train_logits_match_with_tiny_eps():
-    """BN eps ~ 0: baseline SGD+L2 and the wrapped run agree to 1e-7 after 300 steps with a 10x lr drop,
-    and the conv weights satisfy w~ = w / s_t."""
-    base, tr, wrap = pair(1e-14)
+    """BN eps 1e-14: train-mode logits agree to 1e-7 at every one of 300 steps (10x lr drop), and the
+    conv weights satisfy w~_t = w_t / s_t; the scheduler attached to the wrapper sets lr_t."""
+    base, tr, wrap, diff, _ = pair(1e-14)
+    print(f"max |logit diff| over all steps, eps 1e-14: {diff:.2e}")
+    assert diff < 1e-7
     assert (logits(base) - logits(tr)).abs().max() < 1e-7
     s = wrap.scale["conv"]
     assert s < 0.5  # the decay really acted
-    assert torch.allclose(tr[0].weight * s, base[0].weight, rtol=1e-7, atol=1e-10)
+    for i in (0, 3):
+        assert torch.allclose(tr[i].weight * s, base[i].weight, rtol=1e-8, atol=1e-12)
+    # lr in the groups is the scheduler's lr_t (not lr~_t) between steps; the head kept its L2
+    assert all(g["lr"] == pytest.approx(LR / 10) for g in wrap.param_groups)
+    conv, = [g for g in wrap.param_groups if g["name"] == "conv"]
+    assert conv["weight_decay"] == 0 and conv["wd_as_lr"] == WD and conv["wd_step"] == STEPS
+    assert all(g["weight_decay"] == WD for g in wrap.param_groups if g["name"] != "conv")
 
 
 def test_rescaled_eps_exact_at_1e5():
-    """With eps_t = eps / s_t^2 in the following BN layers the transform is exact at eps 1e-5."""
-    base, tr, _ = pair(1e-5, rescale_bn_eps=True)
-    assert (logits(base) - logits(tr)).abs().max() < 1e-7
-    base2, tr2, _ = pair(1e-5)
-    assert (logits(base2) - logits(tr2)).abs().max() > 1e-7  # without it, eps makes them drift
+    """With eps_t = eps / s_t^2 in the following BN layers the transform is exact at eps 1e-5
+    (scheduler attached to the inner optimizer this time)."""
+    base, tr, wrap, diff, _ = pair(1e-5, sched_on="inner", rescale_bn_eps=True)
+    print(f"max |logit diff| over all steps, eps 1e-5 rescaled: {diff:.2e}")
+    assert diff < 1e-7
+    s = wrap.scale["conv"]
+    assert tr[1].eps == pytest.approx(1e-5 / s**2) and tr[4].eps == pytest.approx(1e-5 / s**2)
+    *_, diff_plain, _ = pair(1e-5)
+    print(f"  without eps rescaling: {diff_plain:.2e}")
+    assert diff_plain > 10 * diff  # eps alone makes the plain transform inexact
 
 
 def test_rescaled_bn_stats_match_in_eval_mode():
-    """Running mean *= s_t/s_{t+1}, var *= (s_t/s_{t+1})^2 after each step: eval-mode outputs agree too."""
-    base, tr, _ = pair(1e-14, rescale_bn_stats=True)
-    assert (logits(base, False) - logits(tr, False)).abs().max() < 1e-7
-    _, tr2, _ = pair(1e-14)
-    assert (logits(base, False) - logits(tr2, False)).abs().max() > 1e-3
+    """Running mean *= s_t/s_{t+1}, var *= (s_t/s_{t+1})^2 after each step: eval-mode outputs agree
+    (BN momentum 0.1, eps 1e-5 rescaled), sampled every 10 steps."""
+    base, tr, _, diff, ediff = pair(1e-5, rescale_bn_eps=True, rescale_bn_stats=True)
+    print(f"max |logit diff| train {diff:.2e}, eval {ediff:.2e}")
+    assert diff < 1e-7 and ediff < 1e-7
+    *_, ediff_plain = pair(1e-5, rescale_bn_eps=True)
+    print(f"  eval without stats rescaling: {ediff_plain:.2e}")
+    assert ediff_plain > 1e-2
 
 
-def test_decay_scales_matches_zero_gradient_sgd_and_wrapper():
-    """decay_scales = SGD on a zero-gradient weight w_0 = 1 = the wrapper's online s_t."""
+def test_decay_scales_matches_zero_gradient_sgd_recursion_and_wrapper():
+    """decay_scales = the design.md recursion = SGD on a zero-gradient weight w_0 = 1 = the wrapper's s_t."""
     lrs = [LR] * DROP + [LR / 10] * (STEPS - DROP)
     s = decay_scales(lrs, MU, WD)
+    assert s.dtype == np.float64 and len(s) == STEPS + 1
+    assert s[0] == 1 and s[1] == pytest.approx(1 - LR * WD, rel=1e-15)
+    ref = [1.0, 1 - lrs[0] * WD]  # the r_t form, literally
+    for t in range(1, STEPS):
+        r = lrs[t] / lrs[t - 1]
+        ref.append((1 + r * MU - lrs[t] * WD) * ref[t] - r * MU * ref[t - 1])
+    assert np.allclose(s, ref, rtol=1e-12, atol=0)
     w = torch.ones(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.SGD([w], lr=LR, momentum=MU, weight_decay=WD)
     sim = [1.0]
@@ -96,40 +149,92 @@ def test_decay_scales_matches_zero_gradient_sgd_and_wrapper():
         opt.step()
         sim.append(w.item())
     assert np.allclose(s, sim, rtol=1e-12, atol=0)
-    _, _, wrap = pair(1e-14)
-    assert wrap.scale["conv"] == pytest.approx(s[-1], rel=1e-12)
-    assert len(s) == STEPS + 1 and s[1] == pytest.approx(1 - LR * WD)
+    # the wrapper's online s_t over a real run
+    m = net(1e-5)
+    wrap = WeightDecayAsLR(torch.optim.SGD(groups(m), lr=LR, momentum=MU), ["conv"])
+    sched = torch.optim.lr_scheduler.MultiStepLR(wrap, [DROP], 0.1)
+    online = [wrap.scale["conv"]]
+    for t in range(STEPS):
+        x, y = BATCHES[t % 4]
+        wrap.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        wrap.step()
+        sched.step()
+        online.append(wrap.scale["conv"])
+    assert np.allclose(online, s, rtol=1e-13, atol=0)
+    # a zero learning rate is fine (no division by lr_{t-1})
+    s0 = decay_scales([0.1, 0.0, 0.1], MU, WD)
+    assert s0[2] == s0[1] and np.all(np.isfinite(s0))
 
 
-@pytest.mark.parametrize("make", [lambda p: torch.optim.Adam(p), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
-                                  lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1)])
+@pytest.mark.parametrize("make", [
+    lambda p: torch.optim.Adam(p),
+    lambda p: torch.optim.AdamW(p),
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1),
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, maximize=True),
+], ids=["adam", "adamw", "nesterov", "dampening", "maximize"])
 def test_refuses_other_optimizers(make):
     m = net(1e-5)
     with pytest.raises(ConfigError):
         WeightDecayAsLR(make(groups(m)), ["conv"])
 
 
-def test_unknown_group_refused():
+def test_misuse_refused():
     m = net(1e-5)
     with pytest.raises(ConfigError, match="unknown parameter group"):
         WeightDecayAsLR(torch.optim.SGD(groups(m), lr=0.1, momentum=0.9), ["nope"])
+    with pytest.raises(ConfigError, match="model"):
+        WeightDecayAsLR(torch.optim.SGD(groups(m), lr=0.1, momentum=0.9), ["conv"], rescale_bn_eps=True)
+    # a conv whose output is added to its input before BN is not scale-invariant
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn(x + self.conv(x))
+    s = Skip()
+    with pytest.raises(ConfigError, match="not scale-invariant"):
+        WeightDecayAsLR(torch.optim.SGD(param_groups(s, WD), lr=0.1, momentum=0.9), ["conv"], model=s,
+                        rescale_bn_eps=True)
+
+
+def test_following_norms_on_resnet():
+    """Every conv of our ResNet maps to the BN registered right after it (fx trace)."""
+    m = resnet(8)
+    convs = [(n, mod) for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d)]
+    found = following_norms(m, [c.weight for _, c in convs])
+    mods = dict(m.named_modules())
+    expect = {"conv": "bn", "conv1": "bn1", "conv2": "bn2", "proj": "proj_bn"}
+    for name, c in convs:
+        head, _, leaf = name.rpartition(".")
+        bn_name = (head + "." if head else "") + expect[leaf]
+        assert [x is mods[bn_name] for x in found[id(c.weight)]] == [True]
 
 
 def test_state_dict_round_trip_resumes_exactly():
-    """Stop at step 100, rebuild from state_dicts, continue: identical to an uninterrupted run."""
-    _, ref, _ = pair(1e-14, rescale_bn_eps=True)
-    m = net(1e-14)
-    opt = torch.optim.SGD(groups(m), lr=LR, momentum=MU)
-    wrap = WeightDecayAsLR(opt, ["conv"], model=m, rescale_bn_eps=True)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [DROP], 0.1)
-    run(m, opt, wrap, 100, sched)
-    sd, msd, ssd = copy.deepcopy(wrap.state_dict()), copy.deepcopy(m.state_dict()), sched.state_dict()
-    m2 = net(1e-14)
+    """Stop at step 100, rebuild model/optimizer/wrapper/scheduler from state_dicts, continue:
+    bit-identical to an uninterrupted run (eps and stats rescaling included)."""
+    kw = dict(rescale_bn_eps=True, rescale_bn_stats=True)
+
+    def fresh():
+        m = net(1e-5)
+        opt = torch.optim.SGD(groups(m), lr=LR, momentum=MU)
+        wrap = WeightDecayAsLR(opt, ["conv"], model=m, **kw)
+        return m, wrap, torch.optim.lr_scheduler.MultiStepLR(wrap, [DROP], 0.1)
+
+    ref, wref, sref = fresh()
+    train(ref, wref, sref, 0, STEPS)
+    m, wrap, sched = fresh()
+    train(m, wrap, sched, 0, 100)
+    sd, msd, ssd = copy.deepcopy(wrap.state_dict()), copy.deepcopy(m.state_dict()), copy.deepcopy(sched.state_dict())
+    m2, wrap2, sched2 = fresh()
     m2.load_state_dict(msd)
-    opt2 = torch.optim.SGD(groups(m2), lr=LR, momentum=MU)
-    wrap2 = WeightDecayAsLR(opt2, ["conv"], model=m2, rescale_bn_eps=True)
     wrap2.load_state_dict(sd)
-    sched2 = torch.optim.lr_scheduler.MultiStepLR(opt2, [DROP], 0.1)
     sched2.load_state_dict(ssd)
-    run(m2, opt2, wrap2, STEPS, sched2, start=100)
+    assert wrap2.scale == wrap.scale and m2[1].eps == m[1].eps != 1e-5
+    train(m2, wrap2, sched2, 100, STEPS)
     assert torch.equal(logits(ref), logits(m2))
+    assert torch.equal(logits(ref, False), logits(m2, False))
+    assert wrap2.scale == wref.scale

@@ -1,172 +1,372 @@
 """The exact weight-decay -> learning-rate transform for scale-invariant weights.
 
-SGD with momentum mu (PyTorch: b = mu b + g + lam w, w -= lr_t b) and L2 coefficient lam
-on a group of scale-invariant weights (conv followed by BN). With a zero gradient that
-optimizer shrinks a weight by the scalar sequence
+Baseline: SGD with momentum mu in PyTorch's convention
 
-    s_0 = 1,  s_1 = 1 - lr_0 lam,
-    s_{t+1} = (1 + r_t mu - lr_t lam) s_t - r_t mu s_{t-1},   r_t = lr_t / lr_{t-1}.
+    b_{t+1} = mu b_t + g_t + lam w_t,        w_{t+1} = w_t - lr_t b_{t+1},      b_0 = 0,
 
-Because g(c w) = g(w) / c for such weights, training the group WITHOUT weight decay at
-lr~_t = lr_t / (s_t s_{t+1}) gives w~_t = w_t / s_t at every step: the same direction,
-hence the same network function in training mode, for any schedule lr_t. It is exact
-when BN's eps is negligible, and exact with eps if the BN after each weight uses
-eps / s_t^2. The transformed pre-BN activations are 1/s_t times the baseline's, so BN
-running statistics rescaled by s_t/s_{t+1} (mean) and its square (variance) after each
-step make eval mode match too.
+with L2 coefficient lam on a group of scale-invariant weights (a bias-free conv followed by
+BN: f(c w) = f(w) for c > 0, hence g(c w) = g(w) / c). With a zero loss gradient this
+optimizer shrinks any weight by the same scalar sequence
+
+    s_0 = 1,   s_1 = 1 - lr_0 lam,
+    s_{t+1} = (1 + r_t mu - lr_t lam) s_t - r_t mu s_{t-1},        r_t = lr_t / lr_{t-1}.
+
+Writing w_t = s_t v_t, the baseline update becomes (use the recursion for s_{t+1})
+
+    v_{t+1} = v_t + (r_t mu s_{t-1} / s_{t+1}) (v_t - v_{t-1}) - lr_t / (s_t s_{t+1}) g(v_t),
+
+which is exactly plain SGD with momentum, NO weight decay and learning rate
+
+    lr~_t = lr_t / (s_t s_{t+1})          (its momentum ratio is r~_t = lr~_t/lr~_{t-1} = r_t s_{t-1}/s_{t+1}).
+
+So the transformed run has w~_t = w_t / s_t at every step: the same direction, hence the
+same network function in training mode, for ANY schedule lr_t. It is exact when BN's eps
+is negligible, and exact with eps if each BN after a transformed weight uses
+eps_t = eps / s_t^2 (its input is 1/s_t times the baseline's). In eval mode the running
+statistics must match too: multiplying the running mean by s_t/s_{t+1} and the running
+variance by (s_t/s_{t+1})^2 after each step keeps them equal to the baseline's divided by
+s_{t+1} (resp. s_{t+1}^2).
+
+Numerically s_t is advanced in the equivalent "velocity" form, which needs no division by
+lr_{t-1} (so a zero learning rate is fine):
+
+    beta_0 = 0,   beta_{t+1} = mu beta_t + lam s_t,   s_{t+1} = s_t - lr_t beta_{t+1}
+
+(beta_t is the momentum buffer of the zero-gradient weight; beta_t = (s_{t-1} - s_t)/lr_{t-1}).
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import operator
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .errors import ConfigError
 
+# Normalization layers whose output is invariant to a positive scaling of their input
+# (up to eps): every one of them has an `eps`; only BatchNorm-like ones keep running stats.
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+# Group keys (timm style: the transform's state lives in the optimizer's param groups, so
+# the optimizer's own state_dict / load_state_dict checkpoint and resume it).
+LAM, SCALE, SCALE_PREV, VELOCITY, LR_PREV, STEP = ("wd_as_lr", "wd_scale", "wd_scale_prev", "wd_velocity",
+                                                   "wd_lr_prev", "wd_step")
+
 
 def decay_scales(lrs: Sequence[float], momentum: float, weight_decay: float) -> np.ndarray:
-    """s_0..s_T (length T+1, float64) of the recursion above for per-step learning rates lrs[0..T-1].
+    """The shrink factors s_0..s_T (length T+1, float64) for per-step learning rates lrs[0..T-1].
 
-    s_t is what SGD with momentum `momentum` and L2 `weight_decay` makes of a weight w_0 = 1
-    whose loss gradient is zero, starting from a zero momentum buffer.
+        s_0 = 1,  s_1 = 1 - lr_0 lam,
+        s_{t+1} = (1 + r_t mu - lr_t lam) s_t - r_t mu s_{t-1},   r_t = lr_t / lr_{t-1},
+
+    with mu = `momentum`, lam = `weight_decay`. s_t is what baseline SGD with momentum
+    (PyTorch convention b = mu b + g + lam w, w -= lr b, zero initial buffer) makes of a
+    weight w_0 = 1 whose loss gradient is zero: for a scale-invariant weight the baseline's
+    w_t equals s_t times the weight of a run without weight decay at lr_t / (s_t s_{t+1}).
+    Computed in the equivalent division-free form beta_{t+1} = mu beta_t + lam s_t,
+    s_{t+1} = s_t - lr_t beta_{t+1} (identical for lr_{t-1} != 0, and defined for lr = 0).
     """
-    lrs = np.asarray(lrs, dtype=np.float64)
-    s = np.ones(len(lrs) + 1)
-    s_prev, lr_prev = 1.0, (lrs[0] if len(lrs) else 1.0)
+    lrs = np.asarray(lrs, dtype=np.float64).reshape(-1)
+    s = np.ones(len(lrs) + 1, dtype=np.float64)
+    beta = 0.0
     for t, lr in enumerate(lrs):
-        r = lr / lr_prev
-        s[t + 1] = (1 + r * momentum - lr * weight_decay) * s[t] - r * momentum * s_prev
-        s_prev, lr_prev = s[t], lr
+        beta = momentum * beta + weight_decay * s[t]
+        s[t + 1] = s[t] - lr * beta
     return s
 
 
-def following_norms(model: nn.Module, params: Iterable[nn.Parameter]) -> dict[int, nn.modules.batchnorm._BatchNorm]:
-    """For each conv weight (by id), the BN layer that consumes that conv's output.
+# --------------------------------------------------------------------------- finding the norm after a weight
 
-    Traced with torch.fx when the model is traceable (a BN whose input node is the conv);
-    otherwise the next BN in `named_modules()` order with as many features as the conv has
-    output channels (right for models that register each conv just before its BN).
+_PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                 nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                 nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.Unflatten)
+_PASS_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu, F.dropout, F.dropout2d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+                   F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+                   torch.flatten, torch.reshape, operator.getitem}
+_PASS_METHODS = {"relu", "relu_", "view", "reshape", "flatten", "contiguous", "permute", "transpose", "squeeze",
+                 "unsqueeze", "to", "clone", "float", "double", "half"}
+# ReLU6 is not positively homogeneous; keep it out.
+_PASS_MODULES = tuple(t for t in _PASS_MODULES if t is not nn.ReLU6)
+
+
+def following_norms(model: nn.Module, params: Iterable[torch.Tensor]) -> dict[int, list[nn.Module]]:
+    """For each weight in `params` (keyed by id), the normalization layer(s) that consume its output.
+
+    Approach: trace `model` with torch.fx; from each call of the module that owns the weight,
+    follow the data flow through ops that commute with a positive scaling of their input
+    (ReLU, LeakyReLU, max/avg pooling, dropout, flatten/view/reshape) until a BatchNorm,
+    GroupNorm, LayerNorm or InstanceNorm module is reached. Any other consumer on the way
+    (an addition, a bias, a nonlinearity like tanh, the model output) means the weight is not
+    scale-invariant, and a ConfigError names the consumer.
+
+    Fallback when the model cannot be traced (data-dependent control flow): the first norm
+    layer after the owning module in `named_modules()` registration order whose
+    `num_features` equals the module's `out_channels`/`out_features`. This is right for
+    models that register each conv just before its BN (bnwd.models, simple Sequentials) and
+    wrong for models that register modules in another order than they use them.
     """
-    ids = {id(p) for p in params}
-    convs = {name: m for name, m in model.named_modules()
-             if isinstance(m, nn.modules.conv._ConvNd) and id(m.weight) in ids}
-    found: dict[int, nn.modules.batchnorm._BatchNorm] = {}
+    owners: dict[int, tuple[str, nn.Module]] = {}
+    for mname, m in model.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            owners.setdefault(id(p), (mname, m))
+    wanted: dict[str, list[int]] = {}
+    for p in params:
+        if id(p) not in owners:
+            raise ConfigError("a parameter of the wrapped group is not a parameter of `model`")
+        wanted.setdefault(owners[id(p)][0], []).append(id(p))
     try:
         import torch.fx
         gm = torch.fx.symbolic_trace(model)
-        mods = dict(gm.named_modules())
-        for node in gm.graph.nodes:
-            if node.op == "call_module" and node.target in convs:
-                for user in node.users:
-                    m = mods.get(user.target) if user.op == "call_module" else None
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        found[id(convs[node.target].weight)] = dict(model.named_modules())[user.target]
-    except Exception:  # untraceable model: fall back to registration order
-        found = {}
-    if len(found) < len(convs):
-        mods = list(model.named_modules())
-        for i, (name, m) in enumerate(mods):
-            if name in convs and id(m.weight) not in found:
-                for _, nxt in mods[i + 1:]:
-                    if isinstance(nxt, nn.modules.batchnorm._BatchNorm) and nxt.num_features == m.out_channels:
-                        found[id(m.weight)] = nxt
-                        break
-    missing = [n for n, m in convs.items() if id(m.weight) not in found]
-    if missing:
-        raise ConfigError(f"no BatchNorm found after conv {missing[0]!r}; BN eps/statistics rescaling needs one")
-    return found
+    except Exception:  # noqa: BLE001 - untraceable model: registration-order fallback
+        return _following_norms_by_order(model, wanted)
+    mods = dict(model.named_modules())
+    found: dict[str, dict[int, nn.Module]] = {name: {} for name in wanted}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target not in wanted:
+            continue
+        stack, seen = list(node.users), set()
+        while stack:
+            user = stack.pop()
+            if user in seen:
+                continue
+            seen.add(user)
+            target = mods.get(user.target) if user.op == "call_module" else None
+            if isinstance(target, NORM_TYPES):
+                found[node.target][id(target)] = target
+            elif (isinstance(target, _PASS_MODULES) or (user.op == "call_function" and user.target in _PASS_FUNCTIONS)
+                  or (user.op == "call_method" and user.target in _PASS_METHODS)):
+                stack.extend(user.users)
+            else:
+                what = user.target if user.op != "output" else "the model output"
+                raise ConfigError(f"the output of {node.target!r} reaches {what!r} ({user.op}) before any "
+                                  "normalization layer, so its weight is not scale-invariant and the exact "
+                                  "transform does not apply to it")
+    out: dict[int, list[nn.Module]] = {}
+    for name, ids in wanted.items():
+        if not found[name]:
+            raise ConfigError(f"no normalization layer found after {name!r} (it is never called in the traced "
+                              "forward, or not followed by BatchNorm/GroupNorm/LayerNorm)")
+        for i in ids:
+            out[i] = list(found[name].values())
+    return out
 
 
-class WeightDecayAsLR:
-    """Wrap a torch.optim.SGD: the named groups lose their weight decay and get the exact
-    equivalent learning rate lr_t / (s_t s_{t+1}) instead (see the module docstring).
+def _following_norms_by_order(model: nn.Module, wanted: dict[str, list[int]]) -> dict[int, list[nn.Module]]:
+    mods = list(model.named_modules())
+    out: dict[int, list[nn.Module]] = {}
+    for i, (name, m) in enumerate(mods):
+        if name not in wanted:
+            continue
+        width = getattr(m, "out_channels", getattr(m, "out_features", None))
+        nxt = next((n for _, n in mods[i + 1:] if isinstance(n, nn.modules.batchnorm._NormBase)
+                    and n.num_features == width), None)
+        if nxt is None:
+            raise ConfigError(f"no BatchNorm with {width} features registered after {name!r} (model not traceable "
+                              "by torch.fx, so the BN after each conv was looked up in registration order)")
+        for pid in wanted[name]:
+            out[pid] = [nxt]
+    return out
 
-    The lr the user's scheduler set is read at every `step()` and restored afterwards, so
-    attach torch lr schedulers to the wrapped optimizer (`wrapper.optimizer`) as usual.
-    The recursion's state lives in the optimizer's param groups (keys `wd_as_lr`, `s`,
-    `s_prev`, `lr_prev`), so `state_dict`/`load_state_dict` resume exactly.
+
+# --------------------------------------------------------------------------- the wrapper
+
+class WeightDecayAsLR(torch.optim.Optimizer):
+    """Wrap a torch.optim.SGD: the named groups lose their L2 and get the exact equivalent
+    learning rate lr~_t = lr_t / (s_t s_{t+1}) instead (module docstring for the maths).
+
+    `groups`: names (the `"name"` key of the optimizer's param groups) of the groups to
+    transform: only scale-invariant weights (bias-free conv followed by BN) may be
+    transformed; the others (BN affine, head) keep their ordinary L2.
+
+    At every `step()`, for each transformed group: read lr_t (whatever the user's scheduler
+    put in `group["lr"]`), advance s_t -> s_{t+1}, run the inner SGD step at
+    lr_t / (s_t s_{t+1}) with weight_decay 0, then put lr_t back. Afterwards the weights are
+    w_{t+1} / s_{t+1} of the baseline's. The recursion's state lives in the param groups
+    (keys "wd_as_lr" = lam, "wd_scale" = s_t, "wd_scale_prev" = s_{t-1}, "wd_velocity",
+    "wd_lr_prev" = lr_{t-1}, "wd_step"), so `state_dict()`/`load_state_dict()` (delegated to
+    the inner optimizer) checkpoint and resume it exactly.
+
+    Schedulers: the wrapper IS a torch.optim.Optimizer sharing `param_groups`, `state` and
+    `defaults` with the inner SGD, so `torch.optim.lr_scheduler.MultiStepLR(wrapper, ...)`
+    works; attaching the scheduler to the inner optimizer (`wrapper.optimizer`) works too.
+    Either way the scheduler sets lr_t, never lr~_t.
+
+    `model` with `rescale_bn_eps=True`: the norm layers right after the transformed weights
+    (found by `following_norms`) get eps_t = eps / s_t^2 before every forward, which makes
+    the transform exact at any eps. `rescale_bn_stats=True`: after each step their running
+    mean is multiplied by s_t/s_{t+1} and running variance by (s_t/s_{t+1})^2, so eval mode
+    matches the baseline too. The base eps is read from the model at construction.
+
+    `.scale` is {group name: s_t}: the baseline's weights are s_t times these.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, groups: Sequence[str] = ("conv",), model: nn.Module | None = None,
                  rescale_bn_eps: bool = False, rescale_bn_stats: bool = False):
-        if type(optimizer) is not torch.optim.SGD:
-            raise ConfigError(f"WeightDecayAsLR needs torch.optim.SGD, got {type(optimizer).__name__}: the transform is derived for SGD with momentum")
+        if isinstance(optimizer, WeightDecayAsLR):
+            raise ConfigError("the optimizer is already wrapped by WeightDecayAsLR")
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise ConfigError(f"WeightDecayAsLR needs torch.optim.SGD, got {type(optimizer).__name__}: the exact "
+                              "weight-decay -> lr transform is derived for SGD with (heavy-ball) momentum")
+        if isinstance(groups, str):
+            groups = (groups,)
         names = [g.get("name") for g in optimizer.param_groups]
         unknown = [g for g in groups if g not in names]
         if unknown:
-            raise ConfigError(f"unknown parameter group(s) {unknown}; the optimizer's groups are {names}")
-        self.optimizer = optimizer
-        self.groups = [g for g in optimizer.param_groups if g.get("name") in groups]
-        for g in self.groups:
-            if g.get("nesterov") or g.get("dampening", 0) != 0 or g.get("maximize"):
-                raise ConfigError("WeightDecayAsLR supports SGD with plain momentum only (no nesterov, dampening or maximize)")
-            if "wd_as_lr" not in g:
-                g["wd_as_lr"], g["weight_decay"] = g["weight_decay"], 0.0
-                g["s"], g["s_prev"], g["lr_prev"] = 1.0, 1.0, None
+            raise ConfigError(f"unknown parameter group(s) {unknown}; the optimizer's groups are {names} "
+                              "(groups are selected by their 'name' key)")
         if (rescale_bn_eps or rescale_bn_stats) and model is None:
-            raise ConfigError("rescale_bn_eps / rescale_bn_stats need model=")
-        self.rescale_bn_eps, self.rescale_bn_stats = rescale_bn_eps, rescale_bn_stats
-        self.bns: list[list[nn.modules.batchnorm._BatchNorm]] = []
+            raise ConfigError("rescale_bn_eps / rescale_bn_stats need the model (model=...)")
+        # torch.optim.Optimizer machinery without re-registering the parameters.
+        self.optimizer = optimizer
+        self._group_names = tuple(groups)
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self._patch_step_function()
+        for g in self._groups():
+            self._check_group(g)
+            if LAM not in g:  # a fresh group (a group loaded from a wrapper checkpoint already has its state)
+                g[LAM], g["weight_decay"] = float(g["weight_decay"]), 0.0
+                g[SCALE], g[SCALE_PREV], g[VELOCITY], g[LR_PREV], g[STEP] = 1.0, 1.0, 0.0, None, 0
+        self.rescale_bn_eps, self.rescale_bn_stats = bool(rescale_bn_eps), bool(rescale_bn_stats)
+        self.norms: dict[str, list[nn.Module]] = {}
+        self.base_eps: dict[int, float] = {}
         if model is not None and (rescale_bn_eps or rescale_bn_stats):
-            follow = following_norms(model, [p for g in self.groups for p in g["params"]])
-            self.bns = [list({id(follow[id(p)]): follow[id(p)] for p in g["params"] if id(p) in follow}.values()) for g in self.groups]
-            self.eps0 = {id(bn): bn.eps for bns in self.bns for bn in bns}
+            owner: dict[int, str] = {}
+            for g in self._groups():
+                follow = following_norms(model, g["params"])
+                for p in g["params"]:
+                    for m in follow[id(p)]:
+                        if owner.setdefault(id(m), g["name"]) != g["name"]:
+                            raise ConfigError("a normalization layer follows weights of two transformed groups "
+                                              f"({owner[id(m)]!r}, {g['name']!r}) with different scales")
+                        lst = self.norms.setdefault(g["name"], [])
+                        if all(m is not x for x in lst):
+                            lst.append(m)
+                            self.base_eps[id(m)] = float(m.eps)
+            self._apply_eps()
 
+    # -- shared torch.optim.Optimizer attributes (properties: load_state_dict replaces the inner lists)
     @property
-    def param_groups(self):
+    def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value) -> None:
+        self.optimizer.param_groups = value
 
     @property
     def state(self):
         return self.optimizer.state
 
+    @state.setter
+    def state(self, value) -> None:
+        self.optimizer.state = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value) -> None:
+        self.optimizer.defaults = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"WeightDecayAsLR(groups={list(self._group_names)}, scale={self.scale}, optimizer={self.optimizer!r})"
+
+    # -- helpers
+    def _groups(self) -> list[dict[str, Any]]:
+        return [g for g in self.optimizer.param_groups if g.get("name") in self._group_names]
+
+    @staticmethod
+    def _check_group(g: dict) -> None:
+        bad = [k for k, v in (("nesterov", g.get("nesterov", False)), ("dampening", g.get("dampening", 0)),
+                              ("maximize", g.get("maximize", False))) if v]
+        if bad:
+            raise ConfigError(f"WeightDecayAsLR supports SGD with plain heavy-ball momentum only; group "
+                              f"{g.get('name')!r} has {', '.join(bad)} set")
+
+    def _apply_eps(self) -> None:
+        if not self.rescale_bn_eps:
+            return
+        for g in self._groups():
+            for m in self.norms.get(g["name"], []):
+                m.eps = self.base_eps[id(m)] / g[SCALE] ** 2
+
     @property
     def scale(self) -> dict[str, float]:
-        """Current s_t per wrapped group (the baseline's weights are s_t times ours)."""
-        return {g.get("name"): g["s"] for g in self.groups}
+        """{group name: s_t}: the current decay scale of each transformed group (baseline w = s_t * ours)."""
+        return {g["name"]: float(g[SCALE]) for g in self._groups()}
 
+    # -- optimizer API
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the inner optimizer; transformed if its name is one of the wrapped names."""
+        self.optimizer.add_param_group(param_group)
+        g = self.optimizer.param_groups[-1]
+        if g.get("name") in self._group_names and LAM not in g:
+            self._check_group(g)
+            g[LAM], g["weight_decay"] = float(g["weight_decay"]), 0.0
+            g[SCALE], g[SCALE_PREV], g[VELOCITY], g[LR_PREV], g[STEP] = 1.0, 1.0, 0.0, None, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The inner optimizer's state_dict (it holds the transform's state in its param groups)."""
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load into the inner optimizer, then re-apply eps_t = eps / s_t^2 to the following norms."""
+        self.optimizer.load_state_dict(state_dict)
+        for g in self._groups():
+            if LAM not in g:
+                raise ConfigError(f"group {g.get('name')!r} of this optimizer state was not saved by WeightDecayAsLR")
+        self._apply_eps()
+
     @torch.no_grad()
-    def step(self, closure=None):
-        lrs = []
-        for g in self.groups:
-            lr, lam, mu = g["lr"], g["wd_as_lr"], g["momentum"]
-            lr_prev = g["lr_prev"] if g["lr_prev"] is not None else lr
-            r = lr / lr_prev
-            s_next = (1 + r * mu - lr * lam) * g["s"] - r * mu * g["s_prev"]
-            lrs.append(lr)
-            g["s_next"] = s_next
-            g["lr"] = lr / (g["s"] * s_next)
+    def step(self, closure: Callable[[], Any] | None = None):
+        """One baseline-equivalent step: lr~_t = lr_t / (s_t s_{t+1}) on the transformed groups."""
+        groups = self._groups()
+        saved = []
+        for g in groups:
+            self._check_group(g)
+            lr = g["lr"]
+            lr_f = float(lr)
+            s = g[SCALE]
+            v = g.get("momentum", 0.0) * g[VELOCITY] + g[LAM] * s
+            s_next = s - lr_f * v
+            if not (s_next > 0 and np.isfinite(s_next)):
+                raise ConfigError(f"decay scale s_t of group {g['name']!r} left (0, inf) ({s_next}): lr * weight_decay "
+                                  "too large for the transform")
+            saved.append((lr, s, s_next, v))
+            g["lr"] = lr_f / (s * s_next)
         try:
             loss = self.optimizer.step(closure)
         finally:
-            for g, lr in zip(self.groups, lrs):
+            for g, (lr, *_rest) in zip(groups, saved):
                 g["lr"] = lr
-        for i, g in enumerate(self.groups):
-            ratio = g["s"] / g["s_next"]
-            g["s_prev"], g["s"], g["lr_prev"] = g["s"], g.pop("s_next"), g["lr"]
-            for bn in (self.bns[i] if self.bns else []):
-                if self.rescale_bn_stats and bn.track_running_stats and bn.running_mean is not None:
-                    bn.running_mean.mul_(ratio)
-                    bn.running_var.mul_(ratio * ratio)
-            self._set_eps(i)
+        for g, (lr, s, s_next, v) in zip(groups, saved):
+            g[SCALE_PREV], g[SCALE], g[VELOCITY], g[LR_PREV], g[STEP] = s, s_next, v, float(lr), g[STEP] + 1
+            if self.rescale_bn_stats:
+                ratio = s / s_next
+                for m in self.norms.get(g["name"], []):
+                    if getattr(m, "running_mean", None) is not None:
+                        m.running_mean.mul_(ratio)
+                    if getattr(m, "running_var", None) is not None:
+                        m.running_var.mul_(ratio * ratio)
+        self._apply_eps()
         return loss
-
-    def _set_eps(self, i: int) -> None:
-        if self.rescale_bn_eps and self.bns:
-            for bn in self.bns[i]:
-                bn.eps = self.eps0[id(bn)] / self.groups[i]["s"] ** 2
-
-    def state_dict(self) -> dict:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.optimizer.load_state_dict(state_dict)
-        names = {g.get("name") for g in self.groups}
-        self.groups = [g for g in self.optimizer.param_groups if g.get("name") in names]
-        for i in range(len(self.groups)):
-            self._set_eps(i)

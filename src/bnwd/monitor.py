@@ -1,153 +1,280 @@
 """`Monitor`: per-layer norms, relative steps, angles and effective learning rates.
 
-Attaches to any optimizer through removable step hooks and only reads. For a
-scale-invariant weight w (conv followed by BN) the gradient is orthogonal to w and
-scales as 1/||w||, so one SGD step moves w by ||dw|| / ||w|| = lr ||g(w/||w||)|| / ||w||^2:
-the effective learning rate is lr / ||w||^2 (lr / ||w|| with Adam, whose step size
-does not scale with the gradient).
+Attaches to any ``torch.optim.Optimizer`` through removable step hooks (like Lightning's
+``LearningRateMonitor``) and only reads: it never touches parameters, gradients, optimizer
+state or the RNG, so a run with a monitor is bit-identical to one without.
 
-Per step, on the device and without a host sync, for every tracked parameter:
-  sq     = ||w_after||^2
-  rel    = ||w_after - w_before|| / ||w_before||
-  angle  = angle(w_before, w_after)  (radians; atan2 of the components of w_after
-           perpendicular and parallel to w_before, accurate for tiny angles)
-accumulated as a window mean (since the last sample point), the last value, and an
-exponential moving average with half-life `halflife` steps (bias-corrected).
-`sample()` does the one host sync and returns a flat dict of floats.
+The maths. For a scale-invariant weight ``w`` (a conv kernel followed by BN) the loss
+satisfies ``L(c w) = L(w)``, so the gradient is orthogonal to ``w`` and ``g(w) =
+g(w/||w||) / ||w||``. One SGD step therefore moves ``w`` by
+
+    ||dw|| / ||w|| = lr ||g(w/||w||)|| / ||w||^2,
+
+i.e. on the unit sphere the layer trains with the *effective learning rate*
+``lr / ||w||^2``. With Adam-type optimizers the step size does not scale with the gradient
+(``dw ~ lr * m/sqrt(v)`` is invariant to rescaling ``g``), so ``||dw||/||w|| ~ lr/||w||``
+and the effective learning rate is ``lr / ||w||`` instead. The relative step and the
+angle are measured directly and hold for any optimizer.
+
+Per optimizer step, for every tracked parameter (``wb`` before, ``wa`` after the step,
+``s = wa - wb``), with float64 accumulation (``torch._foreach_norm``) and no host sync:
+
+    sqnorm  = ||wa||^2
+    rel     = ||s|| / ||wb||
+    angle   = atan2(||wb x wa||, wb . wa)       (radians)
+            = atan2(sqrt(||wb||^2 ||s||^2 - (wb.s)^2), ||wb||^2 + wb.s)
+      with  wb.s = (||wa||^2 - ||wb||^2 - ||s||^2) / 2; this form has no cancellation for
+      the small, mostly tangential steps of training (relative error ~ 1e-16 / rel).
+    eff_lr  = lr / ||wa||^2      (lr / ||wa|| for Adam, AdamW, NAdam, RAdam, Adamax, Adagrad,
+                                 RMSprop, Adadelta), lr = the group's lr of that step
+    eff_lr_rel = eff_lr / (lr_0 / ||w_0||^2)   (power 1 for Adam-type), where w_0 and lr_0 are
+                                 the weights and the group lr when the monitor was created
+
+The same quantities are computed for each parameter group taken as one concatenated
+vector (``.../group/<name>``). ``rel`` and ``angle`` are kept three ways:
+
+- window mean: the mean over the steps since the last ``sample()`` (key ``rel_step/...``),
+- last: the value at the last step (``rel_step_last/...``),
+- EMA: updated every step with ``decay = 0.5 ** (1 / halflife)`` and bias-corrected,
+  ``ema_n = sum_i d^(n-i) (1-d) x_i / (1 - d^n)`` (``rel_step_ema/...``), so that the first
+  samples are not pulled toward 0. The article's plots sample every quarter epoch with a
+  quarter-epoch half-life: ``Monitor(model, opt, sample_every=spe // 4)``.
+
+``sqnorm``, ``eff_lr`` and ``eff_lr_rel`` are values after the last step.
+
+A parameter the optimizer did not update in a step (its ``.grad`` is None after the step,
+which torch optimizers skip) does not enter that step's window mean or EMA; neither does a
+parameter whose norm before the step was 0 (e.g. a zero-initialised bias at step 1), for
+which ``rel`` and ``angle`` are undefined. Entries with no valid step in the window are NaN.
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+#: Optimizers whose update does not scale with the gradient: eff lr = lr / ||w||.
+ADAPTIVE = tuple(getattr(torch.optim, n) for n in
+                 ("Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adagrad", "RMSprop", "Adadelta")
+                 if hasattr(torch.optim, n))
+LAYERS = ("auto", "conv", "all", "none")
+_M = ("rel", "angle")  # the per-step metrics kept as window mean / last / EMA
+
+
+def _lr(v: Any) -> Any:
+    """A group's lr without a host sync: floats as they are, tensors cloned (kept on device)."""
+    return v.detach().clone() if isinstance(v, torch.Tensor) else float(v)
+
 
 class Monitor:
+    """Norms, relative steps, rotation angles and effective learning rates, via optimizer hooks.
+
+    ``Monitor(model, optimizer, sample_every=1, halflife=None, layers="auto")``
+
+    - ``sample_every``: steps per sample point; ``ready`` is True after every such step.
+    - ``halflife``: EMA half-life in steps (default ``sample_every``).
+    - ``layers``: which per-parameter keys ``sample()`` returns. ``"auto"``: conv kernels,
+      plus per-group aggregates; ``"conv"``: conv kernels, no group keys; ``"all"``: every
+      parameter plus group aggregates; ``"none"``: group aggregates only. The conv
+      aggregates (``conv_sqsum``, ``rel_step_conv``, ...) are always there.
+    - ``eff_lr_power``: ``eff_lr = lr / ||w||^power``; default 1 for Adam-type optimizers,
+      2 otherwise.
+
+    Tracks every parameter in ``optimizer.param_groups``; names come from the group's
+    ``"param_names"`` or else ``model.named_parameters()``; the group's name from its
+    ``"name"`` key or else ``f"group{i}"``. Conv kernels are the ``weight`` of the
+    ``nn.modules.conv._ConvNd`` modules of ``model`` (by identity). All parameters must be
+    on one device. Everything accumulates on that device; ``sample()`` is the only host sync.
+
+    Usage::
+
+        mon = Monitor(model, opt, sample_every=steps_per_epoch // 4)
+        for x, y in loader:
+            ...; opt.step()
+            if mon.ready:
+                log(mon.sample())
+        mon.remove()           # or: with Monitor(...) as mon: ...
+    """
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, sample_every: int = 1,
-                 halflife: float | None = None, layers: str = "auto"):
-        if sample_every < 1:
-            raise ValueError("sample_every must be >= 1 step")
-        if layers not in ("auto", "conv", "all", "none"):
-            raise ValueError("layers must be auto, conv, all or none")
-        self.optimizer, self.sample_every, self.layers = optimizer, sample_every, layers
+                 halflife: float | None = None, layers: str = "auto", eff_lr_power: float | None = None):
+        if int(sample_every) != sample_every or sample_every < 1:
+            raise ValueError(f"sample_every must be an integer >= 1 (steps), got {sample_every!r}")
+        if layers not in LAYERS:
+            raise ValueError(f"layers must be one of {LAYERS}, got {layers!r}")
+        self.optimizer, self.sample_every, self.layers = optimizer, int(sample_every), layers
         self.halflife = float(halflife if halflife is not None else sample_every)
+        if not self.halflife > 0:
+            raise ValueError(f"halflife must be > 0 steps, got {halflife!r}")
         self.decay = 0.5 ** (1.0 / self.halflife)
-        convs = {id(m.weight) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)}
-        by_id = {id(p): n for n, p in model.named_parameters()}
-        self.params, self.names, self.group_names, self.group_index, self.is_conv = [], [], [], [], []
-        self.adam = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
+        self.adaptive = isinstance(optimizer, ADAPTIVE)
+        self.power = float(eff_lr_power if eff_lr_power is not None else (1.0 if self.adaptive else 2.0))
+
+        conv_ids = {id(m.weight) for m in model.modules()
+                    if isinstance(m, nn.modules.conv._ConvNd) and isinstance(m.weight, torch.Tensor)}
+        by_id = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        self.params: list[torch.Tensor] = []
+        self.names: list[str] = []
+        self.group_of: list[int] = []   # index of the param's optimizer group
+        self.is_conv: list[bool] = []
+        self.group_names: list[str] = []
+        seen: set[int] = set()
         for gi, g in enumerate(optimizer.param_groups):
-            gname = g.get("name", f"group{gi}")
-            pnames = g.get("param_names") or [by_id.get(id(p), f"{gname}.{j}") for j, p in enumerate(g["params"])]
-            for p, n in zip(g["params"], pnames):
+            gname = str(g.get("name", f"group{gi}"))
+            self.group_names.append(gname)
+            pnames = g.get("param_names")
+            for j, p in enumerate(g["params"]):
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
                 self.params.append(p)
-                self.names.append(n)
-                self.group_names.append(gname)
-                self.group_index.append(gi)
-                self.is_conv.append(id(p) in convs)
-        p0 = self.params[0]
-        self.device = p0.device
-        self.sizes = [p.numel() for p in self.params]
-        self.P = len(self.params)
-        self.seg = torch.repeat_interleave(torch.arange(self.P, device=self.device),
-                                           torch.tensor(self.sizes, device=self.device))
-        self.conv_mask = torch.tensor(self.is_conv, device=self.device)
-        self._before = torch.empty(sum(self.sizes), dtype=torch.float64, device=self.device)
-        z = lambda: torch.zeros(self.P, dtype=torch.float64, device=self.device)  # noqa: E731
-        self.win = {k: z() for k in ("rel", "angle")}
-        self.last = {k: z() for k in ("rel", "angle", "sq")}
-        self.ema = {k: z() for k in ("rel", "angle")}
-        self.n_win = 0
-        self.step = 0
-        self.lrs = [g["lr"] for g in optimizer.param_groups]
+                self.names.append(str(pnames[j]) if pnames is not None and j < len(pnames)
+                                  else by_id.get(id(p), f"{gname}.{j}"))
+                self.group_of.append(gi)
+                self.is_conv.append(id(p) in conv_ids)
+        if not self.params:
+            raise ValueError("the optimizer has no parameters to monitor")
+        devices = {p.device for p in self.params}
+        if len(devices) > 1:
+            raise ValueError(f"Monitor needs all parameters on one device, got {sorted(map(str, devices))}")
+        dev = self.device = self.params[0].device
+        self.P, self.G = len(self.params), len(optimizer.param_groups)
+        U = self.U = self.P + self.G   # units: every parameter, then every group as one vector
+        f64 = dict(dtype=torch.float64, device=dev)
+        member = torch.zeros(self.G, self.P, dtype=torch.float64)
+        member[self.group_of, list(range(self.P))] = 1.0
+        self._member = member.to(dev)
+        self._masks: dict[tuple[bool, ...], torch.Tensor] = {}
         with torch.no_grad():
-            self.last["sq"] = self._segsum(self._flat() ** 2)
-        self.init_sq = self.last["sq"].clone()
+            self._before = [torch.empty_like(p, memory_format=torch.preserve_format).detach() for p in self.params]
+            sq = self._sqnorms(self.params)
+        # accumulators, all on the device, one row per unit
+        self.win_sum = torch.zeros(U, 2, **f64)   # columns: rel, angle
+        self.win_cnt = torch.zeros(U, **f64)
+        self.last = torch.full((U, 2), math.nan, **f64)
+        self.ema = torch.zeros(U, 2, **f64)
+        self.ema_w = torch.zeros(U, **f64)        # 1 - d^n for the bias correction
+        self.sq = torch.cat([sq, self._member @ sq])
+        self.init_sq = self.sq.clone()
+        self.lrs = [_lr(g["lr"]) for g in optimizer.param_groups]
         self.init_lrs = list(self.lrs)
+        self.step = 0
         self.handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
 
-    # ---------------------------------------------------------------- hooks
-    def _flat(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.params]).double()
+    # ------------------------------------------------------------------ hooks
+    @staticmethod
+    def _sqnorms(ts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(torch._foreach_norm([t.detach() for t in ts], 2, dtype=torch.float64)).square()
 
-    def _segsum(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(self.P, dtype=x.dtype, device=x.device).index_add_(0, self.seg, x)
-
-    @torch.no_grad()
     def _pre(self, opt, args, kwargs) -> None:
-        self._before.copy_(self._flat())
+        with torch.no_grad():
+            torch._foreach_copy_(self._before, [p.detach() for p in self.params])
 
-    @torch.no_grad()
+    def _mask(self) -> torch.Tensor:
+        """Device mask of the parameters the optimizer updated (grad not None), cached per pattern."""
+        key = tuple(p.grad is not None for p in self.params)
+        m = self._masks.get(key)
+        if m is None:
+            m = self._masks[key] = torch.tensor(key, dtype=torch.float64).to(self.device)
+        return m
+
     def _post(self, opt, args, kwargs) -> None:
-        wb, wa = self._before, self._flat()
-        s = wa - wb
-        sq_b, sq_a = self._segsum(wb * wb), self._segsum(wa * wa)
-        ss, bs = self._segsum(s * s), self._segsum(wb * s)
-        nb = sq_b.sqrt().clamp_min(1e-300)
-        par = nb + bs / nb                                   # component of w_after along w_before
-        perp = (ss - (bs / nb) ** 2).clamp_min(0).sqrt()     # ... and perpendicular to it
-        rel, angle = ss.sqrt() / nb, torch.atan2(perp, par)
+        with torch.no_grad():
+            params = [p.detach() for p in self.params]
+            nb = torch._foreach_norm(self._before, 2, dtype=torch.float64)
+            na = torch._foreach_norm(params, 2, dtype=torch.float64)
+            torch._foreach_sub_(self._before, params)                                # now wb - wa = -s
+            ns = torch._foreach_norm(self._before, 2, dtype=torch.float64)
+            n = torch.stack([torch.stack(nb), torch.stack(na), torch.stack(ns)], 1).square()  # (P, 3): |wb|^2 |wa|^2 |s|^2
+            upd = self._mask()
+            x = n * upd[:, None]
+            x = torch.cat([x, self._member @ x])                                      # (U, 3)
+            upd_u = torch.cat([upd, (self._member @ upd).clamp_max(1.0)])
+            bb, aa, ss = x.unbind(1)
+            bs = 0.5 * (aa - bb - ss)                                                # wb . s
+            valid = upd_u * (bb > 0)
+            bbs = torch.where(bb > 0, bb, torch.ones_like(bb))
+            rel = (ss / bbs).sqrt()
+            angle = torch.atan2((bb * ss - bs * bs).clamp_min(0).sqrt(), bb + bs)
+            v = torch.stack([rel, angle], 1) * valid[:, None]
+            ok = valid.bool()[:, None]
+            d = self.decay
+            self.win_sum += v
+            self.win_cnt += valid
+            self.last = torch.where(ok, v, self.last)
+            self.ema = torch.where(ok, self.ema * d + (1 - d) * v, self.ema)
+            self.ema_w = torch.where(valid.bool(), self.ema_w * d + (1 - d), self.ema_w)
+            sq = n[:, 1]
+            self.sq = torch.cat([sq, self._member @ sq])
+        self.lrs = [_lr(g["lr"]) for g in opt.param_groups]
         self.step += 1
-        self.n_win += 1
-        d = self.decay
-        for k, v in (("rel", rel), ("angle", angle)):
-            self.win[k] += v
-            self.last[k] = v
-            self.ema[k].mul_(d).add_(v, alpha=1 - d)
-        self.last["sq"] = sq_a
-        self.lrs = [g["lr"] for g in opt.param_groups]      # the lr actually applied in this step
 
-    # ---------------------------------------------------------------- reading
+    # ------------------------------------------------------------------ reading
     @property
     def ready(self) -> bool:
         """True when the last step completed a sample window (every `sample_every` steps)."""
         return self.step > 0 and self.step % self.sample_every == 0
 
+    def _lr_vec(self, lrs: list) -> torch.Tensor:
+        per_group = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(self.device).reshape(()) for v in lrs])
+        return torch.cat([per_group[self.group_of], per_group])
+
     def sample(self) -> dict[str, float]:
-        """Metrics for the window since the last sample point; the one host sync. Resets the window."""
-        n = max(self.n_win, 1)
-        corr = 1.0 - self.decay ** self.step if self.step else 1.0
-        lr = torch.tensor([self.lrs[i] for i in self.group_index], dtype=torch.float64, device=self.device)
-        lr0 = torch.tensor([self.init_lrs[i] for i in self.group_index], dtype=torch.float64, device=self.device)
-        sq = self.last["sq"]
-        pw = 0.5 if self.adam else 1.0
-        eff = lr / sq.clamp_min(1e-300) ** pw
-        eff_rel = eff / (lr0 / self.init_sq.clamp_min(1e-300) ** pw)
-        table = torch.stack([sq, self.win["rel"] / n, self.ema["rel"] / corr, self.last["rel"],
-                             self.win["angle"] / n, self.ema["angle"] / corr, eff, eff_rel]).cpu().tolist()
-        sq, rel, rel_ema, rel_last, ang, ang_ema, eff, eff_rel = table
-        for k in self.win:
-            self.win[k].zero_()
-        self.n_win = 0
+        """The metrics of the window since the last sample point, as a flat dict of floats.
+
+        The only host sync of the monitor. Resets the window mean accumulators (the EMA and
+        last values carry on). Includes ``"step"``, the number of optimizer steps seen.
+        """
+        with torch.no_grad():
+            cnt = self.win_cnt[:, None]
+            mean = torch.where(cnt > 0, self.win_sum / cnt.clamp_min(1), torch.full_like(self.win_sum, math.nan))
+            ema = torch.where(self.ema_w[:, None] > 0, self.ema / self.ema_w[:, None].clamp_min(1e-300),
+                              torch.full_like(self.ema, math.nan))
+            p = self.power
+            eff = self._lr_vec(self.lrs) / self.sq.pow(p / 2)
+            eff0 = self._lr_vec(self.init_lrs) / self.init_sq.pow(p / 2)
+            table = torch.stack([self.sq, mean[:, 0], self.last[:, 0], ema[:, 0], mean[:, 1], self.last[:, 1],
+                                 ema[:, 1], eff, eff / eff0]).cpu().tolist()
+            self.win_sum.zero_()
+            self.win_cnt.zero_()
+        sq, rel, rel_last, rel_ema, ang, ang_last, ang_ema, eff, eff_rel = table
+        cols = (("sqnorm", sq), ("rel_step", rel), ("rel_step_last", rel_last), ("rel_step_ema", rel_ema),
+                ("angle", ang), ("angle_last", ang_last), ("angle_ema", ang_ema), ("eff_lr", eff),
+                ("eff_lr_rel", eff_rel))
         out: dict[str, float] = {"step": self.step}
         conv = [i for i in range(self.P) if self.is_conv[i]]
-        mean = lambda xs, idx: sum(xs[i] for i in idx) / len(idx) if idx else float("nan")  # noqa: E731
         if conv:
-            out.update({"conv_sqsum": sum(sq[i] for i in conv), "rel_step_conv": mean(rel, conv),
-                        "rel_step_conv_ema": mean(rel_ema, conv), "rel_step_conv_last": mean(rel_last, conv),
-                        "angle_conv": mean(ang, conv), "angle_conv_ema": mean(ang_ema, conv),
-                        "eff_lr_conv": mean(eff, conv), "eff_lr_rel_conv": mean(eff_rel, conv)})
-        for g in dict.fromkeys(self.group_names):
-            idx = [i for i in range(self.P) if self.group_names[i] == g]
-            out[f"sqnorm/group/{g}"] = sum(sq[i] for i in idx)
-            out[f"rel_step/group/{g}"] = mean(rel, idx)
-            out[f"angle/group/{g}"] = mean(ang, idx)
+            m = lambda xs: _nanmean([xs[i] for i in conv])  # noqa: E731
+            out.update({"conv_sqsum": sum(sq[i] for i in conv),
+                        "conv_sqsum_rel": sum(sq[i] for i in conv) / sum(self._init_sq_list()[i] for i in conv),
+                        "rel_step_conv": m(rel), "rel_step_conv_last": m(rel_last), "rel_step_conv_ema": m(rel_ema),
+                        "angle_conv": m(ang), "angle_conv_last": m(ang_last), "angle_conv_ema": m(ang_ema),
+                        "eff_lr_conv": m(eff), "eff_lr_rel_conv": m(eff_rel)})
+        if self.layers != "conv":
+            for gi, g in enumerate(self.group_names):
+                for key, xs in cols:
+                    out[f"{key}/group/{g}"] = xs[self.P + gi]
         if self.layers != "none":
-            keep = range(self.P) if self.layers == "all" else conv
-            for i in keep:
-                key = f"{self.group_names[i]}/{self.names[i]}"
-                out[f"sqnorm/{key}"] = sq[i]
-                out[f"rel_step/{key}"] = rel[i]
-                out[f"rel_step_ema/{key}"] = rel_ema[i]
-                out[f"angle/{key}"] = ang[i]
-                out[f"eff_lr/{key}"] = eff[i]
-                out[f"eff_lr_rel/{key}"] = eff_rel[i]
+            for i in (range(self.P) if self.layers == "all" else conv):
+                for key, xs in cols:
+                    out[f"{key}/{self.group_names[self.group_of[i]]}/{self.names[i]}"] = xs[i]
         return out
 
-    # ---------------------------------------------------------------- lifecycle
+    def _init_sq_list(self) -> list[float]:
+        if getattr(self, "_init_sq_host", None) is None:
+            self._init_sq_host = self.init_sq.cpu().tolist()
+        return self._init_sq_host
+
+    @property
+    def keys(self) -> list[str]:
+        """Per-parameter key suffixes ``<group>/<param name>`` in tracking order."""
+        return [f"{self.group_names[self.group_of[i]]}/{self.names[i]}" for i in range(self.P)]
+
+    # ------------------------------------------------------------------ lifecycle
     def remove(self) -> None:
-        """Detach the hooks; the monitor stops updating."""
+        """Detach the hooks; the monitor stops updating (sample() still reads what it has)."""
         for h in self.handles:
             h.remove()
         self.handles = []
@@ -159,14 +286,32 @@ class Monitor:
         self.remove()
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "n_win": self.n_win, "lrs": list(self.lrs), "init_lrs": list(self.init_lrs),
-                "init_sq": self.init_sq.cpu(), **{f"win_{k}": v.cpu() for k, v in self.win.items()},
-                **{f"last_{k}": v.cpu() for k, v in self.last.items()}, **{f"ema_{k}": v.cpu() for k, v in self.ema.items()}}
+        """Window and EMA accumulators, last values, init norms and lrs, step (CPU tensors)."""
+        return {"version": 2, "keys": self.keys, "step": self.step, "halflife": self.halflife,
+                "lrs": [v.cpu() if isinstance(v, torch.Tensor) else v for v in self.lrs],
+                "init_lrs": [v.cpu() if isinstance(v, torch.Tensor) else v for v in self.init_lrs],
+                **{k: getattr(self, k).cpu().clone() for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq")}}
 
-    def load_state_dict(self, st: dict) -> None:
-        self.step, self.n_win = int(st["step"]), int(st["n_win"])
-        self.lrs, self.init_lrs = list(st["lrs"]), list(st["init_lrs"])
-        self.init_sq = st["init_sq"].to(self.device)
-        for d, prefix in ((self.win, "win_"), (self.last, "last_"), (self.ema, "ema_")):
-            for k in d:
-                d[k] = st[prefix + k].to(self.device, torch.float64).clone()
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()` of a monitor over the same parameters (ValueError otherwise)."""
+        if state.get("version") != 2:
+            raise ValueError("not a bnwd Monitor state (version 2)")
+        if list(state["keys"]) != self.keys:
+            raise ValueError("Monitor state was saved for other parameters "
+                             f"({len(state['keys'])} tracked there, {self.P} here)")
+        if float(state["halflife"]) != self.halflife:
+            raise ValueError(f"Monitor state has halflife {state['halflife']}, this monitor {self.halflife}")
+        for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq"):
+            v = state[k]
+            if tuple(v.shape) != tuple(getattr(self, k).shape):
+                raise ValueError(f"Monitor state {k!r} has shape {tuple(v.shape)}, expected {tuple(getattr(self, k).shape)}")
+            setattr(self, k, v.to(self.device, torch.float64).clone())
+        self.step = int(state["step"])
+        self.lrs = [_lr(v) for v in state["lrs"]]
+        self.init_lrs = [_lr(v) for v in state["init_lrs"]]
+        self._init_sq_host = None
+
+
+def _nanmean(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return sum(xs) / len(xs) if xs else math.nan
