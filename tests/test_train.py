@@ -234,3 +234,11 @@ def test_lr_scaled_reference_tracks_baseline_factor(tmp_path, fake_data):
     assert all("lr_factor" in r for r in rows) and rows[0]["lr_factor"] != 1.0
     with pytest.raises(ConfigError, match="not a finished baseline"):
         T.train(cfg(variant="lr_scaled", reference=str(tmp_path)), tmp_path / "x", dataset=fake_data, progress=False)
+
+
+def test_cli_corrupt_archive_one_line_error(tmp_path, capsys):
+    """A truncated archive through the CLI: exit 1, one line naming the file, no traceback."""
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    rc = main(["train", "--preset", "smoke", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("bnwd: ") and "\n" not in err and "cifar-10-python.tar.gz" in err

@@ -1,0 +1,62 @@
+"""`bnwd reproduce --preset smoke` and `bnwd plot`: every output file, every figure with data."""
+import csv
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from bnwd.cli import main
+from bnwd.plots import figures, load_runs
+
+
+def test_reproduce_smoke_writes_everything(tmp_path, fake_data_dir, capsys):
+    out = tmp_path / "rep"
+    rc = main(["reproduce", "--preset", "smoke", "--data", str(fake_data_dir), "--out", str(out), "--no-progress",
+               "--exact", "train_subset=0", "test_subset=0"])
+    assert rc == 0, capsys.readouterr().err
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["baseline-s0", "lr_exact-s0", "lr_scaled-s0", "lr_scaled_bn098-s0", "no_conv_l2-s0"]
+    names = {"test_acc_1", "test_acc_2", "test_acc_3", "conv_sqsum", "conv_sqsum_log", "rel_step_1", "rel_step_2",
+             "lr_factor", "train_loss"}
+    for n in names:
+        assert (out / "figures" / f"{n}.png").stat().st_size > 1000
+        assert (out / "figures" / f"{n}.svg").exists()
+    figs = figures(load_runs(out / "runs" / r for r in runs))
+    for n, fig in figs.items():
+        assert fig is not None, n
+        lines = [ln for ln in fig.axes[0].lines if len(ln.get_xdata()) > 1]
+        assert lines, f"{n} has no data"
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert {r["kind"] for r in rows} == {"run", "mean", "std"}
+    summ = json.loads((out / "summary.json").read_text())
+    assert set(summ["variants"]) == {"baseline", "no_conv_l2", "lr_scaled", "lr_scaled_bn098", "lr_exact"}
+    rep = (out / "report.md").read_text()
+    assert "| baseline |" in rep and "figures/test_acc_1.png" in rep and "claims" in rep
+    # exact transform: same training trajectory as the baseline
+    b = [json.loads(x) for x in open(out / "runs/baseline-s0/metrics.jsonl")]
+    e = [json.loads(x) for x in open(out / "runs/lr_exact-s0/metrics.jsonl")]
+    assert abs(b[-1]["train_loss"] - e[-1]["train_loss"]) < 1e-3
+
+    # a second call skips finished runs; plot redraws from run dirs
+    assert main(["reproduce", "--preset", "smoke", "--data", str(fake_data_dir), "--out", str(out), "--no-progress",
+                 "--exact", "train_subset=0", "test_subset=0"]) == 0
+    assert main(["plot", str(out / "runs"), "--out", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "figures" / "rel_step_2.png").exists()
+
+
+def test_plot_rejects_non_run(tmp_path, capsys):
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_adamw_runs(tmp_path, fake_data):
+    """optimizer=adamw trains the lr_scaled variant (conv lr scaled by sqrt(S/S_ref): eff lr ~ lr/||w||)."""
+    from bnwd.config import make_config
+    from bnwd.train import train
+    base = tmp_path / "b"
+    kw = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "train_subset": 0, "test_subset": 0}
+    train(make_config("smoke", kw), base, dataset=fake_data, progress=False)
+    s = train(make_config("smoke", {**kw, "variant": "lr_scaled", "reference": str(base)}), tmp_path / "s",
+              dataset=fake_data, progress=False)
+    assert s["finished"]
