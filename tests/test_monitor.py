@@ -9,6 +9,8 @@ from bnwd.monitor import Monitor
 
 
 class Tiny(nn.Module):
+    """conv(3->4, no bias) - BN - ReLU - GAP - Linear: the conv kernel is scale-invariant."""
+
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, bias=False)
@@ -19,107 +21,273 @@ class Tiny(nn.Module):
         return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
 
 
-def setup(opt_cls=torch.optim.SGD, **kw):
+def setup(opt_cls=torch.optim.SGD, dtype=torch.float64, **kw):
     torch.manual_seed(0)
-    m = Tiny().double()
+    m = Tiny().to(dtype)
+    rest = [(n, p) for n, p in m.named_parameters() if n != "conv.weight"]
     groups = [{"name": "conv", "params": [m.conv.weight], "param_names": ["conv.weight"]},
-              {"name": "rest", "params": [p for n, p in m.named_parameters() if n != "conv.weight"],
-               "param_names": [n for n, p in m.named_parameters() if n != "conv.weight"]}]
+              {"name": "rest", "params": [p for _, p in rest], "param_names": [n for n, _ in rest]}]
     return m, opt_cls(groups, **kw)
 
 
-def one_step(m, opt, seed):
+def batch(seed, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64)
+    return torch.randn(6, 3, 8, 8, generator=g, dtype=dtype)
+
+
+def one_step(m, opt, seed):
     opt.zero_grad()
-    m(x).pow(2).sum().backward()
+    m(batch(seed, m.conv.weight.dtype)).pow(2).sum().backward()
     opt.step()
 
 
+def angle(a, b):
+    """Hand angle, accurate for tiny angles: 2 atan2(|ua - ub|, |ua + ub|)."""
+    ua, ub = a / a.norm(), b / b.norm()
+    return 2 * math.atan2((ua - ub).norm().item(), (ua + ub).norm().item())
+
+
+def snap(m):
+    return {n: p.detach().clone() for n, p in m.named_parameters()}
+
+
 def test_hand_computed_single_step():
-    """||w||^2, ||dw||/||w||, angle(w_before, w_after) and lr/||w||^2 match a hand computation."""
+    """||w||^2, ||dw||/||w||, angle(w_before, w_after), lr/||w||^2, per layer and per group."""
     m, opt = setup(lr=0.1, momentum=0.9, weight_decay=1e-2)
-    mon = Monitor(m, opt, sample_every=1, layers="all")
-    w0 = m.conv.weight.detach().clone()
+    mon = Monitor(m, opt, layers="all")
+    before = snap(m)
     one_step(m, opt, 0)
-    w1 = m.conv.weight.detach()
+    after = snap(m)
     r = mon.sample()
-    cos = (w0 * w1).sum() / (w0.norm() * w1.norm())
-    assert r["sqnorm/conv/conv.weight"] == pytest.approx(w1.pow(2).sum().item(), rel=1e-12)
-    assert r["conv_sqsum"] == pytest.approx(w1.pow(2).sum().item(), rel=1e-12)
-    assert r["rel_step/conv/conv.weight"] == pytest.approx(((w1 - w0).norm() / w0.norm()).item(), rel=1e-10)
-    assert r["rel_step_conv"] == pytest.approx(((w1 - w0).norm() / w0.norm()).item(), rel=1e-10)
-    assert r["angle/conv/conv.weight"] == pytest.approx(math.acos(min(1.0, cos.item())), rel=1e-5)
-    assert r["eff_lr/conv/conv.weight"] == pytest.approx(0.1 / w1.pow(2).sum().item(), rel=1e-12)
-    assert r["eff_lr_rel/conv/conv.weight"] == pytest.approx((w0.pow(2).sum() / w1.pow(2).sum()).item(), rel=1e-12)
-    fcw = [k for k in r if k.startswith("rel_step/rest/")]
-    assert len(fcw) == 4  # bn weight/bias, fc weight/bias
+    w0, w1 = before["conv.weight"], after["conv.weight"]
+    sq1 = w1.pow(2).sum().item()
+    assert r["step"] == 1
+    assert r["sqnorm/conv/conv.weight"] == pytest.approx(sq1, rel=1e-13)
+    assert r["conv_sqsum"] == pytest.approx(sq1, rel=1e-13)
+    assert r["conv_sqsum_rel"] == pytest.approx(sq1 / w0.pow(2).sum().item(), rel=1e-13)
+    rel = ((w1 - w0).norm() / w0.norm()).item()
+    for k in ("rel_step/conv/conv.weight", "rel_step_last/conv/conv.weight", "rel_step_ema/conv/conv.weight",
+              "rel_step_conv", "rel_step_conv_ema", "rel_step/group/conv"):
+        assert r[k] == pytest.approx(rel, rel=1e-10), k
+    for k in ("angle/conv/conv.weight", "angle_conv", "angle_conv_ema", "angle/group/conv"):
+        assert r[k] == pytest.approx(angle(w0, w1), rel=1e-9), k
+    assert r["eff_lr/conv/conv.weight"] == pytest.approx(0.1 / sq1, rel=1e-13)
+    assert r["eff_lr_conv"] == pytest.approx(0.1 / sq1, rel=1e-13)
+    assert r["eff_lr_rel/conv/conv.weight"] == pytest.approx(w0.pow(2).sum().item() / sq1, rel=1e-13)
+    # every other parameter, and the "rest" group as one concatenated vector
+    names = [n for n in before if n != "conv.weight"]
+    assert math.isnan(r["rel_step/rest/bn.bias"])  # zero-initialised: no relative step defined
+    for n in (n for n in names if n != "bn.bias"):
+        assert r[f"rel_step/rest/{n}"] == pytest.approx(((after[n] - before[n]).norm() / before[n].norm()).item(), rel=1e-10)
+        assert r[f"angle/rest/{n}"] == pytest.approx(angle(before[n], after[n]), rel=1e-9)
+    cb, ca = (torch.cat([d[n].reshape(-1) for n in names]) for d in (before, after))
+    assert r["sqnorm/group/rest"] == pytest.approx(ca.pow(2).sum().item(), rel=1e-13)
+    assert r["rel_step/group/rest"] == pytest.approx(((ca - cb).norm() / cb.norm()).item(), rel=1e-10)
+    assert r["angle/group/rest"] == pytest.approx(angle(cb, ca), rel=1e-9)
+    assert r["eff_lr/group/rest"] == pytest.approx(0.1 / ca.pow(2).sum().item(), rel=1e-13)
 
 
-def test_window_mean_and_ema():
-    """Window mean = mean of the per-step values since the last sample; EMA with half-life h
-    (decay 0.5^(1/h)) is bias-corrected: sum_i d^(n-i) (1-d) x_i / (1 - d^n)."""
-    m, opt = setup(lr=0.05, momentum=0.9)
-    mon = Monitor(m, opt, sample_every=4, halflife=2.0)
-    vals = []
-    for i in range(4):
+def test_plain_sgd_relative_step_is_lr_grad_over_norm():
+    """Plain SGD: dw = -lr g, so rel = lr ||g|| / ||w||; g is orthogonal to a scale-invariant w."""
+    m, opt = setup(lr=0.05)
+    m.bn.eps = 1e-14  # exact scale invariance
+    mon = Monitor(m, opt)
+    w = m.conv.weight.detach().clone()
+    opt.zero_grad()
+    m(batch(1)).pow(2).sum().backward()
+    g = m.conv.weight.grad.clone()
+    opt.step()
+    r = mon.sample()
+    assert (g * w).sum().abs().item() < 1e-9 * g.norm().item() * w.norm().item()  # scale invariance
+    assert r["rel_step_conv"] == pytest.approx(0.05 * g.norm().item() / w.norm().item(), rel=1e-10)
+    # orthogonal step: tan(angle) = ||dw|| / ||w||
+    assert r["angle_conv"] == pytest.approx(math.atan(0.05 * g.norm().item() / w.norm().item()), rel=1e-9)
+
+
+def test_angle_accurate_for_tiny_and_radial_steps():
+    """A 1e-9 relative step has angle 1e-9 (no acos cancellation); a pure decay step has angle 0."""
+    m, opt = setup(lr=1e-9)
+    mon = Monitor(m, opt)
+    w0 = m.conv.weight.detach().clone()
+    one_step(m, opt, 2)
+    r = mon.sample()
+    assert 0 < r["angle_conv"] == pytest.approx(angle(w0, m.conv.weight.detach()), rel=1e-6)
+    # zero gradient + weight decay: w <- (1 - lr wd) w, a purely radial step
+    m, opt = setup(lr=0.1, weight_decay=1e-3)
+    mon = Monitor(m, opt)
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    r = mon.sample()
+    assert r["rel_step_conv"] == pytest.approx(1e-4, rel=1e-9)
+    assert abs(r["angle_conv"]) < 1e-10
+    assert r["conv_sqsum_rel"] == pytest.approx((1 - 1e-4) ** 2, rel=1e-12)
+
+
+def test_window_mean_ema_last_and_ready():
+    """Window mean = mean of the per-step values since the last sample; the EMA with half-life h
+    (decay 0.5^(1/h)) is bias-corrected: sum_i d^(n-i) (1-d) x_i / (1 - d^n), and carries on."""
+    m, opt = setup(lr=0.05, momentum=0.9, weight_decay=5e-3)
+    mon = Monitor(m, opt, sample_every=4, halflife=3.0)
+    rels, angs, readies = [], [], []
+    d = 0.5 ** (1 / 3)
+    for i in range(8):
         w0 = m.conv.weight.detach().clone()
         one_step(m, opt, i)
-        vals.append(((m.conv.weight.detach() - w0).norm() / w0.norm()).item())
-        assert mon.ready == (i == 3)
-    r = mon.sample()
-    assert r["rel_step_conv"] == pytest.approx(sum(vals) / 4, rel=1e-10)
-    d = 0.5 ** 0.5
-    ema = 0.0
-    for v in vals:
-        ema = d * ema + (1 - d) * v
-    assert r["rel_step_conv_ema"] == pytest.approx(ema / (1 - d ** 4), rel=1e-10)
-    assert r["rel_step_conv_last"] == pytest.approx(vals[-1], rel=1e-10)
+        w1 = m.conv.weight.detach()
+        rels.append(((w1 - w0).norm() / w0.norm()).item())
+        angs.append(angle(w0, w1))
+        readies.append(mon.ready)
+        if mon.ready:
+            r = mon.sample()
+            n = len(rels)
+            assert r["step"] == n
+            assert r["rel_step_conv"] == pytest.approx(sum(rels[-4:]) / 4, rel=1e-10)
+            assert r["angle_conv"] == pytest.approx(sum(angs[-4:]) / 4, rel=1e-9)
+            assert r["rel_step_conv_last"] == pytest.approx(rels[-1], rel=1e-10)
+            ema = 0.0
+            for v in rels:
+                ema = d * ema + (1 - d) * v
+            assert r["rel_step_conv_ema"] == pytest.approx(ema / (1 - d ** n), rel=1e-10)
+            assert r["rel_step_ema/conv/conv.weight"] == pytest.approx(ema / (1 - d ** n), rel=1e-10)
+    assert readies == [False, False, False, True] * 2
+    assert mon.step == 8
 
 
 def test_monitor_only_reads():
-    """Training with and without the monitor gives bit-identical weights."""
+    """Training with and without the monitor: bit-identical weights, grads, optimizer state, RNG."""
     runs = []
     for use in (False, True):
-        m, opt = setup(lr=0.1, momentum=0.9, weight_decay=1e-3)
-        mon = Monitor(m, opt, sample_every=2) if use else None
+        m, opt = setup(lr=0.1, momentum=0.9, weight_decay=1e-3, dtype=torch.float32)
+        torch.manual_seed(1)
+        mon = Monitor(m, opt, sample_every=2, layers="all") if use else None
         for i in range(5):
             one_step(m, opt, i)
             if mon and mon.ready:
                 mon.sample()
-        runs.append([p.detach().clone() for p in m.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
+        runs.append((snap(m), [p.grad.clone() for p in m.parameters()],
+                     [opt.state[p]["momentum_buffer"].clone() for p in m.parameters()], torch.rand(3)))
+    (w_a, g_a, s_a, r_a), (w_b, g_b, s_b, r_b) = runs
+    assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
+    assert all(torch.equal(a, b) for a, b in zip(g_a + s_a, g_b + s_b))
+    assert torch.equal(r_a, r_b)
 
 
-def test_remove_detaches():
+def test_remove_and_context_manager_detach():
     m, opt = setup(lr=0.1)
     mon = Monitor(m, opt)
     one_step(m, opt, 0)
     mon.remove()
     one_step(m, opt, 1)
     assert mon.step == 1
+    with Monitor(m, opt) as mon2:
+        one_step(m, opt, 2)
+    one_step(m, opt, 3)
+    assert mon2.step == 1 and not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
 
 
-def test_state_dict_round_trip():
-    """A monitor restored from state_dict continues with identical samples."""
-    m, opt = setup(lr=0.1, momentum=0.9)
-    mon = Monitor(m, opt, sample_every=3, halflife=2)
-    for i in range(2):
-        one_step(m, opt, i)
-    st = mon.state_dict()
-    mon.remove()
-    mon2 = Monitor(m, opt, sample_every=3, halflife=2)
-    mon2.load_state_dict(st)
-    one_step(m, opt, 2)
-    assert mon2.ready and mon2.step == 3
-    r = mon2.sample()
-    assert math.isfinite(r["rel_step_conv_ema"])
+def test_state_dict_round_trip_continues_identically():
+    """Saving model, optimizer and monitor mid-window and resuming gives the same samples."""
+    def run(split=None):
+        m, opt = setup(lr=0.1, momentum=0.9, weight_decay=1e-3)
+        mon = Monitor(m, opt, sample_every=3, halflife=2)
+        out = []
+        for i in range(7):
+            if i == split:
+                st = {"m": m.state_dict(), "o": opt.state_dict(), "mon": mon.state_dict()}
+                mon.remove()
+                m, opt = setup(lr=0.5)  # fresh objects, different init lr; state comes from the checkpoint
+                m.load_state_dict(st["m"])
+                opt.load_state_dict(st["o"])
+                mon = Monitor(m, opt, sample_every=3, halflife=2)
+                mon.load_state_dict(st["mon"])
+            one_step(m, opt, i)
+            if mon.ready:
+                out.append(mon.sample())
+        out.append(mon.sample())  # a partial window
+        return out
+
+    assert run() == run(split=4)
+
+
+def test_load_state_dict_rejects_other_parameters():
+    m, opt = setup(lr=0.1)
+    st = Monitor(m, opt).state_dict()
+    lin = nn.Linear(2, 2)
+    with pytest.raises(ValueError):
+        Monitor(lin, torch.optim.SGD(lin.parameters(), lr=0.1)).load_state_dict(st)
 
 
 def test_adam_effective_lr_is_lr_over_norm():
     """With Adam the step does not scale with the gradient, so eff lr = lr / ||w||."""
     m, opt = setup(torch.optim.Adam, lr=1e-3)
     mon = Monitor(m, opt)
+    n0 = m.conv.weight.detach().norm().item()
+    w0 = m.conv.weight.detach().clone()
     one_step(m, opt, 0)
     r = mon.sample()
-    assert r["eff_lr_conv"] == pytest.approx(1e-3 / m.conv.weight.detach().norm().item(), rel=1e-10)
+    n1 = m.conv.weight.detach().norm().item()
+    assert mon.power == 1
+    assert r["eff_lr_conv"] == pytest.approx(1e-3 / n1, rel=1e-12)
+    assert r["eff_lr_rel_conv"] == pytest.approx(n0 / n1, rel=1e-12)
+    assert r["rel_step_conv"] == pytest.approx(((m.conv.weight.detach() - w0).norm() / n0).item(), rel=1e-10)
+
+
+def test_skips_parameters_without_grad():
+    """A parameter the optimizer skips (grad None) does not enter the window or the EMA."""
+    m, opt = setup(lr=0.1, momentum=0.9)
+    mon = Monitor(m, opt, layers="all", sample_every=2)
+    one_step(m, opt, 0)
+    w0 = m.conv.weight.detach().clone()
+    opt.zero_grad(set_to_none=True)
+    m.fc(torch.randn(5, 4, dtype=torch.float64)).sum().backward()  # only fc gets grads
+    opt.step()
+    assert torch.equal(m.conv.weight.detach(), w0)
+    r = mon.sample()
+    assert r["rel_step_conv_last"] > 0  # the skipped step left the last value alone
+    assert r["rel_step/conv/conv.weight"] == pytest.approx(r["rel_step_conv_last"], rel=1e-12)  # 1 valid step
+    assert all(math.isfinite(v) for k, v in r.items() if "fc" in k)
+    opt.zero_grad(set_to_none=True)
+    opt.step()  # no grads at all: counted as a step, nothing else changes
+    r2 = mon.sample()
+    assert r2["step"] == 3 and math.isnan(r2["rel_step_conv"]) and r2["rel_step_conv_ema"] == r["rel_step_conv_ema"]
+
+
+def test_zero_norm_parameter_is_skipped_not_inf():
+    """rel and angle of a zero tensor (zero-initialised bias at step 1) are undefined: excluded."""
+    m, opt = setup(lr=0.1)
+    nn.init.zeros_(m.fc.bias)
+    mon = Monitor(m, opt, layers="all")
+    one_step(m, opt, 0)
+    r = mon.sample()
+    assert math.isnan(r["rel_step/rest/fc.bias"]) and math.isfinite(r["rel_step/group/rest"])
+    one_step(m, opt, 1)
+    r = mon.sample()
+    assert math.isfinite(r["rel_step/rest/fc.bias"]) and r["rel_step_ema/rest/fc.bias"] == r["rel_step/rest/fc.bias"]
+
+
+def test_names_groups_and_layers_option():
+    """Without "name"/"param_names": group{i} and model.named_parameters(); conv kernels by identity."""
+    torch.manual_seed(0)
+    m = Tiny()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    keys = {lay: None for lay in ("auto", "conv", "all", "none")}
+    mons = {lay: Monitor(m, opt, layers=lay) for lay in keys}
+    one_step(m, opt, 0)
+    for lay, mon in mons.items():
+        keys[lay] = set(mon.sample())
+    assert mons["auto"].keys == ["group0/conv.weight", "group0/bn.weight", "group0/bn.bias",
+                                 "group0/fc.weight", "group0/fc.bias"]
+    assert mons["auto"].is_conv == [True, False, False, False, False]
+    agg = {"step", "conv_sqsum", "conv_sqsum_rel", "rel_step_conv", "rel_step_conv_last", "rel_step_conv_ema",
+           "angle_conv", "angle_conv_last", "angle_conv_ema", "eff_lr_conv", "eff_lr_rel_conv"}
+    metrics = ("sqnorm", "rel_step", "rel_step_last", "rel_step_ema", "angle", "angle_last", "angle_ema",
+               "eff_lr", "eff_lr_rel")
+    conv = {f"{k}/group0/conv.weight" for k in metrics}
+    group = {f"{k}/group/group0" for k in metrics}
+    assert keys["conv"] == agg | conv
+    assert keys["auto"] == agg | conv | group
+    assert keys["none"] == agg | group
+    assert len(keys["all"]) == len(agg | group) + 5 * len(metrics)
+    with pytest.raises(ValueError):
+        Monitor(m, opt, layers="bogus")

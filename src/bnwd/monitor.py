@@ -17,14 +17,17 @@ and the effective learning rate is ``lr / ||w||`` instead. The relative step and
 angle are measured directly and hold for any optimizer.
 
 Per optimizer step, for every tracked parameter (``wb`` before, ``wa`` after the step,
-``s = wa - wb``), with float64 accumulation (``torch._foreach_norm``) and no host sync:
+``s = wa - wb``), from three ``torch._foreach_norm(..., dtype=float64)`` calls (a handful of
+multi-tensor kernels, whatever the number of layers) and no host sync:
 
     sqnorm  = ||wa||^2
     rel     = ||s|| / ||wb||
     angle   = atan2(||wb x wa||, wb . wa)       (radians)
             = atan2(sqrt(||wb||^2 ||s||^2 - (wb.s)^2), ||wb||^2 + wb.s)
       with  wb.s = (||wa||^2 - ||wb||^2 - ||s||^2) / 2; this form has no cancellation for
-      the small, mostly tangential steps of training (relative error ~ 1e-16 / rel).
+      the small, mostly tangential steps of training (relative error ~ eps / rel, with eps
+      the precision of the norm accumulation; a purely radial step, e.g. weight decay with a
+      zero gradient, has an absolute angle error ~ sqrt(eps * rel)).
     eff_lr  = lr / ||wa||^2      (lr / ||wa|| for Adam, AdamW, NAdam, RAdam, Adamax, Adagrad,
                                  RMSprop, Adadelta), lr = the group's lr of that step
     eff_lr_rel = eff_lr / (lr_0 / ||w_0||^2)   (power 1 for Adam-type), where w_0 and lr_0 are
