@@ -107,6 +107,7 @@ def cmd_audit(args) -> int:
     except ValueError:
         raise ConfigError(f"--input-shape must be comma-separated integers, got {args.input_shape!r}") from None
     model = load_factory(args.model)()
+    torch.set_num_threads(1)  # many tiny float64 forwards: threads only add contention
     torch.manual_seed(0)
     x = torch.randn(*shape)
     names = [n for n, _ in model.named_parameters()]

@@ -1,45 +1,126 @@
-"""Equilibrium of scale-invariant weights under weight decay (Wan et al. 2021; Kosson et al. 2024).
+"""Equilibrium predictions for scale-invariant weights under weight decay (design.md, "Equilibrium").
 
-The gradient of a scale-invariant weight is orthogonal to it, so each step pushes ||w||
-outwards (by Pythagoras) while weight decay pulls it in; the norm settles where the two
-balance, and from then on the weight rotates by a fixed angle per step.
+A scale-invariant weight w (conv followed by BN) has a gradient orthogonal to w whose size
+goes as 1/||w||: ||g(w)||^2 = L / ||w||^2, with L = E ||g||^2 ||w||^2 the squared gradient
+norm at unit weight norm. Each step pushes ||w|| outwards (Pythagoras: the orthogonal step
+adds ||lr g||^2 to ||w||^2), weight decay pulls it inwards (a factor (1 - lr lam) per step).
+The norm settles where the two balance, and there the weight rotates by a fixed angle per
+step that depends only on lr, lam and the momentum, not on the loss (Wan et al. 2021,
+"Spherical Motion Dynamics", arXiv 2006.08419; Kosson et al. 2024, "Rotational
+Equilibrium", arXiv 2305.17212). Derivation sketch for plain SGD (mu = 0):
+
+    ||w'||^2 = (1 - lr lam)^2 ||w||^2 + lr^2 L / ||w||^2
+    => ||w*||^4 = lr L / (lam (2 - lr lam)),   tan(theta) = lr ||g|| / ((1 - lr lam) ||w||)
+    => theta^2 ~= lr^2 L / ||w*||^4 = lr lam (2 - lr lam) ~= 2 lr lam.
+
+With heavy-ball momentum mu (gradients uncorrelated across steps), the same balance gives
+the formulas of `sgd_equilibrium`: over many steps momentum multiplies the random walk's
+outward push by 1/(1 - mu) (hence the norm), while the per-step update has mean square
+lr^2 ||g||^2 / (1 - mu^2) (hence the angle). For AdamW the per-coordinate normalization
+makes the update size independent of ||w|| (`adamw_equilibrium`).
 """
 from __future__ import annotations
 
 import math
+from typing import Sequence
+
+import numpy as np
+
+from .errors import ConfigError
 
 
-def sgd_equilibrium(lr: float, weight_decay: float, momentum: float, grad_sq_unit: float | None = None) -> dict:
-    """SGD with momentum mu, lr eta, L2 lam:
+def _check(lr: float, weight_decay: float, momentum: float, name: str = "momentum") -> None:
+    if not lr > 0 or not weight_decay > 0:
+        raise ConfigError(f"equilibrium needs lr > 0 and weight_decay > 0, got lr={lr}, weight_decay={weight_decay}")
+    if not 0 <= momentum < 1:
+        raise ConfigError(f"{name} must be in [0, 1), got {momentum}")
 
-    angular_update  = sqrt(2 eta lam / (1 + mu))                       rad per step
-    norm            = (L eta / (lam (1 - mu) (2 - lam eta / (1 + mu))))^(1/4),
-                      L = E||g||^2 ||w||^2 (squared gradient norm at unit weight norm)
-    rate            = 1 - 2 lam eta / (1 - mu)   (per-step contraction of the distance to equilibrium)
-    steps_to_equilibrium = (1 - mu) / (2 lam eta)   (1/e time of that contraction)
-    rel_step        = angular_update (to first order ||dw||/||w|| equals the rotation angle)
+
+def sgd_equilibrium(lr: float, weight_decay: float, momentum: float = 0.9,
+                    grad_sq_unit: float | None = None) -> dict[str, float]:
+    """Equilibrium of a scale-invariant weight under SGD with momentum mu, lr eta, L2 lam.
+
+    PyTorch convention b = mu b + g + lam w, w -= eta b; gradients orthogonal to w,
+    uncorrelated across steps, with E||g||^2 ||w||^2 = L (`grad_sq_unit`). Returns
+
+      angular_update   sqrt(2 eta lam / (1 + mu))   radians per step (0.1, 2e-4, 0.9 -> 0.0046);
+      relative_step    ||w_{t+1} - w_t|| / ||w_t|| at equilibrium: equal to angular_update to
+                       first order (the step is almost tangential; its radial part is O(eta lam));
+      rate             1 - 2 lam eta / (1 - mu): the per-step factor by which ||w||^2 shrinks
+                       when the gradient push is negligible (far above equilibrium; the
+                       decay (1 - eta lam/(1-mu))^2 of the momentum-averaged update);
+      steps_to_equilibrium  1 / (1 - rate) = (1 - mu) / (2 eta lam): the e-folding time of
+                       ||w||^2 under that decay, i.e. equilibrium takes O(1/(eta lam)) steps
+                       (near equilibrium the deviation of ||w||^4 relaxes about twice as fast);
+      intrinsic_lr     eta lam (Li, Lyu & Arora 2020);
+      norm             (L eta / (lam (1 - mu) (2 - lam eta / (1 + mu))))^(1/4), when L is given
+                       (and sq_norm, its square).
     """
-    eta, lam, mu = lr, weight_decay, momentum
-    out = {"angular_update": math.sqrt(2 * eta * lam / (1 + mu)) if lam > 0 else 0.0,
-           "rate": 1 - 2 * lam * eta / (1 - mu),
-           "steps_to_equilibrium": (1 - mu) / (2 * lam * eta) if lam > 0 else math.inf}
-    out["rel_step"] = out["angular_update"]
-    if grad_sq_unit is not None and lam > 0:
-        out["norm"] = (grad_sq_unit * eta / (lam * (1 - mu) * (2 - lam * eta / (1 + mu)))) ** 0.25
+    _check(lr, weight_decay, momentum)
+    eta, lam, mu = float(lr), float(weight_decay), float(momentum)
+    ang = math.sqrt(2 * eta * lam / (1 + mu))
+    k = 2 * lam * eta / (1 - mu)
+    out = {"angular_update": ang, "relative_step": ang, "rate": 1 - k, "steps_to_equilibrium": 1 / k,
+           "intrinsic_lr": eta * lam}
+    if grad_sq_unit is not None:
+        if not grad_sq_unit >= 0:
+            raise ConfigError(f"grad_sq_unit must be >= 0, got {grad_sq_unit}")
+        sq = math.sqrt(grad_sq_unit * eta / (lam * (1 - mu) * (2 - lam * eta / (1 + mu))))
+        out.update(norm=math.sqrt(sq), sq_norm=sq)
     return out
 
 
-def adamw_equilibrium(lr: float, weight_decay: float, beta1: float, beta2: float = 0.999) -> dict:
-    """AdamW (decoupled decay lam): angular_update = sqrt(2 eta lam (1 - b1) / (1 + b1)) rad per step;
-    the norm equilibrates after ~1/(eta lam) steps. With Adam the effective lr of a scale-invariant
-    weight is eta / ||w|| (the update does not scale with the gradient)."""
-    ang = math.sqrt(2 * lr * weight_decay * (1 - beta1) / (1 + beta1)) if weight_decay > 0 else 0.0
-    return {"angular_update": ang, "rel_step": ang,
-            "steps_to_equilibrium": 1 / (lr * weight_decay) if weight_decay > 0 else math.inf}
+def adamw_equilibrium(lr: float, weight_decay: float, beta1: float = 0.9, beta2: float = 0.999,
+                      dim: int | None = None) -> dict[str, float]:
+    """Equilibrium of a scale-invariant weight under AdamW (decoupled decay: w -= eta lam w).
+
+    Adam divides each coordinate by its RMS gradient, so (for noise-dominated gradients,
+    uncorrelated across steps, beta2 short enough that v tracks E g^2 as ||w|| moves, eps
+    negligible) the update u = lr m / sqrt(v) does not depend on ||w||: the effective lr of a
+    scale-invariant weight goes as eta / ||w||, not eta / ||w||^2. Per step each coordinate
+    of m / sqrt(v) has mean square (1 - b1) / (1 + b1), while over many steps the momentum
+    averages out and the weight random-walks by eta^2 per coordinate and step. The norm
+    settles where that outward push balances the decay, 2 eta lam ||w||^2 = eta^2 dim:
+
+      angular_update   ||u|| / ||w|| = sqrt(2 eta lam (1 - b1) / (1 + b1)) radians per step
+                       (= relative_step);
+      rate             1 - 2 eta lam: the per-step shrink of ||w||^2 by the decay alone;
+      steps_to_equilibrium  1 / (2 eta lam);
+      norm             sqrt(eta dim / (2 lam)), when `dim` (number of entries of w) is given
+                       (Kosson et al. 2024).
+    `beta2` only enters through the assumption above and is accepted for completeness.
+    """
+    _check(lr, weight_decay, beta1, "beta1")
+    if not 0 <= beta2 < 1:
+        raise ConfigError(f"beta2 must be in [0, 1), got {beta2}")
+    eta, lam, b1 = float(lr), float(weight_decay), float(beta1)
+    ang = math.sqrt(2 * eta * lam * (1 - b1) / (1 + b1))
+    out = {"angular_update": ang, "relative_step": ang, "rate": 1 - 2 * eta * lam,
+           "steps_to_equilibrium": 1 / (2 * eta * lam), "intrinsic_lr": eta * lam}
+    if dim is not None:
+        out["norm"] = math.sqrt(eta * dim / (2 * lam))
+    return out
 
 
-def predicted_curve(lrs, weight_decay: float, momentum: float = 0.9, optimizer: str = "sgd") -> list[float]:
-    """Per-step equilibrium angular update for a schedule (drawn as a reference line)."""
+def predicted_curves(lrs_per_step: Sequence[float], weight_decay: float, momentum: float = 0.9,
+                     optimizer: str = "sgd") -> np.ndarray:
+    """Per-step equilibrium angular update (radians/step) for a learning-rate schedule.
+
+    sgd:   sqrt(2 lr_t lam / (1 + mu));    adamw: sqrt(2 lr_t lam (1 - b1) / (1 + b1)), b1 = `momentum`.
+    This is the instantaneous equilibrium value, a reference line to draw next to the measured
+    ||dw|| / ||w||: after an lr change the measured value jumps with lr_t (the norm has not
+    moved yet) and then relaxes to this line over O(1/(lr_t lam)) steps. Steps with lr 0 give 0.
+    """
+    lrs = np.asarray(lrs_per_step, dtype=np.float64).reshape(-1)
+    if np.any(lrs < 0):
+        raise ConfigError("learning rates must be >= 0")
+    if not weight_decay >= 0 or not 0 <= momentum < 1:
+        raise ConfigError(f"need weight_decay >= 0 and momentum in [0, 1), got {weight_decay}, {momentum}")
+    if optimizer == "sgd":
+        return np.sqrt(2 * lrs * weight_decay / (1 + momentum))
     if optimizer == "adamw":
-        return [adamw_equilibrium(lr, weight_decay, momentum)["angular_update"] for lr in lrs]
-    return [sgd_equilibrium(lr, weight_decay, momentum)["angular_update"] for lr in lrs]
+        return np.sqrt(2 * lrs * weight_decay * (1 - momentum) / (1 + momentum))
+    raise ConfigError(f"unknown optimizer {optimizer!r} for equilibrium predictions: sgd or adamw")
+
+
+predicted_curve = predicted_curves  # alias

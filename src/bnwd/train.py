@@ -219,7 +219,9 @@ class Trainer:
             from .exact import WeightDecayAsLR
             # The baseline's conv L2 goes into the group, then the wrapper turns it into an lr schedule.
             conv["weight_decay"] = cfg.weight_decay
-            self.wrapper = WeightDecayAsLR(self.opt, groups=["conv"], model=self.model,
+            # eps / s_t^2 keeps the transform exact with BN eps; statistics rescaling (lr_exact only)
+            # removes the moving-average lag at inference.
+            self.wrapper = WeightDecayAsLR(self.opt, groups=["conv"], model=self.model, rescale_bn_eps=True,
                                            rescale_bn_stats=self.res["rescale_bn_stats"])
         elif scaling in ("article", "reference"):
             self.scaler = ConvGradScaler(self.model, conv["params"], conv["param_names"], scaling, spe,
