@@ -1,207 +1,508 @@
-"""Figures of the article, drawn from run directories; seeds as mean with a +-1 std band."""
+"""Figures of the article, drawn from run directories.
+
+Runs of one variant (several seeds) are drawn as their mean with a shaded +-1 standard
+deviation band (ddof=1). Seeds are aligned on `step` when they share their sample points,
+otherwise interpolated onto the epochs of the seed with the most sample points.
+
+Figures are built with `matplotlib.figure.Figure` (no pyplot, no global backend, nothing to
+close) and saved as PNG (dpi 130) and SVG. Each `plot_*` function returns the Figure, or
+None when none of its variants has data.
+"""
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 
 from .errors import BnwdError
 
+# Variant -> (color, line style). Baseline orange and no_conv_l2 blue as in the article.
 COLORS = {"baseline": "#ff7f0e", "no_conv_l2": "#1f77b4", "lr_scaled": "#2ca02c", "lr_scaled_bn098": "#9467bd",
           "lr_exact": "black"}
+STYLES = {"lr_exact": "--"}
 ORDER = list(COLORS)
+ARTICLE_EPOCHS = 150.0
+DPI = 130
 
+PAIR = ["baseline", "no_conv_l2"]
+ALL = ORDER
+
+# Figure name -> one-line caption (the report prints these under the figures).
+CAPTIONS = {
+    "test_acc_1": "Test accuracy, L2 on all layers (baseline) vs no L2 on the conv kernels (article: 91% vs 89.5%).",
+    "test_acc_2": "Test accuracy with the conv L2 replaced by a conv learning-rate factor (lr_scaled).",
+    "test_acc_3": "Test accuracy with BN decay 0.98 (lr_scaled_bn098), which lets the BN moving averages keep up.",
+    "conv_sqsum": "Sum of squared conv weights: without conv L2 the weights grow much faster.",
+    "conv_sqsum_log": "Sum of squared conv weights, log scale: with lr scaling they grow to extreme values.",
+    "rel_step_1": "Mean over conv layers of ||step|| / ||w|| (EMA, quarter-epoch half-life): without conv L2 it decays.",
+    "rel_step_2": "Relative step size of all runs: lr scaling reproduces the baseline's.",
+    "lr_factor": "Conv learning-rate factor of the runs without conv L2, and the baseline's S(t)/S(0) it stands in for.",
+    "train_loss": "Training loss (mean over each sample window).",
+}
+
+
+# ---------------------------------------------------------------- loading
 
 @dataclass
 class Run:
+    """One run directory: its config, metric rows, per-key arrays (NaN where missing) and summary."""
     path: Path
     config: dict
     rows: list[dict]
     summary: dict = field(default_factory=dict)
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        if not self.metrics:
+            self.metrics = _columns(self.rows)
 
     @property
     def variant(self) -> str:
-        return self.config.get("variant", "?")
+        return str(self.config.get("variant") or self.summary.get("variant") or "?")
+
+    @property
+    def seed(self):
+        s = self.config.get("seed", self.summary.get("seed"))
+        return s
+
+    @property
+    def epochs(self) -> float:
+        return float(self.config.get("epochs") or self.summary.get("epochs") or _last(self.metrics.get("epoch")))
+
+    def has(self, key: str) -> bool:
+        a = self.metrics.get(key)
+        return a is not None and bool(np.isfinite(a).any())
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(epochs, values) over the sample points that have `key`."""
-        pts = [(r["epoch"], r[key]) for r in self.rows if r.get(key) is not None]
-        if not pts:
-            return np.zeros(0), np.zeros(0)
-        e, v = zip(*pts)
-        return np.asarray(e, float), np.asarray(v, float)
+        """(epochs, values) at the sample points where `key` has a finite value."""
+        e, _, v = self.series_steps(key)
+        return e, v
+
+    def series_steps(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(epochs, steps, values) at the sample points where `key` has a finite value."""
+        v = self.metrics.get(key)
+        if v is None:
+            z = np.zeros(0)
+            return z, z, z
+        ok = np.isfinite(v) & np.isfinite(self.metrics["epoch"])
+        steps = self.metrics.get("step", np.full(len(v), np.nan))
+        return self.metrics["epoch"][ok], steps[ok], v[ok]
 
 
-def load_run(path: str | Path) -> Run:
-    p = Path(path)
-    if not (p / "config.json").exists() or not (p / "metrics.jsonl").exists():
+def _last(a) -> float:
+    if a is None or not len(a):
+        return float("nan")
+    return float(a[-1])
+
+
+def _num(x) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return float("nan")
+    return float(x)
+
+
+def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Numeric keys of the rows as float arrays, NaN where a row lacks the key."""
+    keys: dict[str, None] = {}
+    for r in rows:
+        for k, v in r.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                keys.setdefault(k)
+    cols = {k: np.array([_num(r.get(k)) for r in rows], dtype=float) for k in keys}
+    if "epoch" not in cols:
+        cols["epoch"] = np.full(len(rows), np.nan)
+    return cols
+
+
+def _read_json(p: Path, what: str) -> dict:
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BnwdError(f"{p}: cannot read {what} ({type(e).__name__})") from None
+    if not isinstance(d, dict):
+        raise BnwdError(f"{p}: {what} is not a JSON object")
+    return d
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run directory; BnwdError (one line) if it is not one or has no metrics yet."""
+    p = Path(run_dir)
+    if not p.is_dir() or not (p / "config.json").is_file():
         raise BnwdError(f"{p} is not a run directory (needs config.json and metrics.jsonl)")
+    if not (p / "metrics.jsonl").is_file():
+        raise BnwdError(f"{p} is not a run directory with metrics (no metrics.jsonl)")
+    config = _read_json(p / "config.json", "config.json")
     rows = []
-    for line in (p / "metrics.jsonl").read_text().splitlines():
+    try:
+        text = (p / "metrics.jsonl").read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BnwdError(f"{p}/metrics.jsonl: cannot read ({type(e).__name__})") from None
+    for line in text.splitlines():
+        if not line.strip():
+            continue
         try:
-            rows.append(json.loads(line))
+            r = json.loads(line)
         except json.JSONDecodeError:
-            break
+            continue  # a half-written line (the run was killed mid-write)
+        if isinstance(r, dict) and isinstance(r.get("epoch"), (int, float)):
+            rows.append(r)
     if not rows:
-        raise BnwdError(f"{p}/metrics.jsonl holds no sample points yet")
-    summary = json.loads((p / "summary.json").read_text()) if (p / "summary.json").exists() else {}
-    return Run(p, json.loads((p / "config.json").read_text()), rows, summary)
+        raise BnwdError(f"{p}/metrics.jsonl holds no sample points (no metrics yet)")
+    summary = _read_json(p / "summary.json", "summary.json") if (p / "summary.json").exists() else {}
+    return Run(p, config, rows, summary)
 
 
-def load_runs(paths) -> list[Run]:
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     return [load_run(p) for p in paths]
 
 
+def _seed_key(r: Run):
+    s = r.seed
+    return (0, s, "") if isinstance(s, (int, float)) else (1, 0, str(s))
+
+
 def by_variant(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by variant, in the article's order (unknown variants last), seeds sorted."""
     out: dict[str, list[Run]] = {}
     for r in runs:
         out.setdefault(r.variant, []).append(r)
-    return dict(sorted(out.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else 99))
+    order = {v: i for i, v in enumerate(ORDER)}
+    return {v: sorted(rs, key=_seed_key) for v, rs in sorted(out.items(), key=lambda kv: (order.get(kv[0], 99), kv[0]))}
+
+
+# ---------------------------------------------------------------- seeds -> mean +- std
+
+@dataclass
+class Curve:
+    epoch: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray   # over seeds, ddof=1; 0 where only one seed has a value
+    n: np.ndarray     # seeds with a value at each point
+
+
+def aggregate(runs: list[Run], key: str) -> Curve:
+    """Mean and +-1 std over seeds of `key`.
+
+    Seeds whose sample steps equal the reference seed's (the one with the most points)
+    are stacked as they are; others are interpolated onto the reference epochs (NaN
+    outside their own range).
+    """
+    series = [r.series_steps(key) for r in runs]
+    series = [s for s in series if len(s[0])]
+    if not series:
+        z = np.zeros(0)
+        return Curve(z, z, z, z)
+    ref = max(range(len(series)), key=lambda i: len(series[i][0]))
+    e0, s0, _ = series[ref]
+    vals = []
+    for e, s, v in series:
+        if len(s) == len(s0) and np.array_equal(s, s0):
+            vals.append(v)
+        else:
+            x = np.interp(e0, e, v)
+            x[(e0 < e[0] - 1e-9) | (e0 > e[-1] + 1e-9)] = np.nan
+            vals.append(x)
+    a = np.vstack(vals)
+    ok = np.isfinite(a)
+    n = ok.sum(0)
+    mean = np.where(ok, a, 0).sum(0) / np.maximum(n, 1)
+    dev = np.where(ok, a - mean, 0.0)
+    std = np.where(n > 1, np.sqrt((dev ** 2).sum(0) / np.maximum(n - 1, 1)), 0.0)
+    return Curve(e0, mean, std, n.astype(float))
 
 
 def mean_std(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeds aligned on the first seed's epochs (interpolated if their sample points differ)."""
-    e0, v0 = runs[0].series(key)
-    if len(e0) == 0:
-        return e0, v0, v0
-    vals = [v0] + [np.interp(e0, *r.series(key)) for r in runs[1:] if len(r.series(key)[0])]
-    a = np.vstack(vals)
-    return e0, a.mean(0), a.std(0, ddof=1) if len(a) > 1 else np.zeros_like(e0)
+    """(epochs, mean, std) over seeds; see `aggregate`."""
+    c = aggregate(runs, key)
+    return c.epoch, c.mean, c.std
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+# ---------------------------------------------------------------- drawing
+
+def _new_figure(nrows: int = 1, height: float = 4.3):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7.2, height * nrows if nrows > 1 else height))
+    axes = [fig.add_subplot(nrows, 1, i + 1) for i in range(nrows)]
+    return fig, axes
 
 
-def _curves(runs, key, variants, title, ylabel, log=False, scale=1.0, theory=False):
-    plt = _plt()
+def _ref_config(runs: list[Run]) -> dict:
+    g = by_variant(runs)
+    return (g.get("baseline") or runs)[0].config
+
+
+def _setting(runs: list[Run]) -> str:
+    cfg = _ref_config(runs)
+    bits = []
+    if cfg.get("preset"):
+        bits.append(f"preset {cfg['preset']}")
+    if cfg.get("epochs") is not None:
+        bits.append(f"{float(cfg['epochs']):g} epochs")
+    if cfg.get("optimizer", "sgd") != "sgd":
+        bits.append(str(cfg["optimizer"]))
+    return ", ".join(bits)
+
+
+def _milestones(ax, runs: list[Run]) -> None:
+    cfg = _ref_config(runs)
+    E = float(cfg.get("epochs") or math.inf)
+    for m in cfg.get("lr_milestones") or []:
+        if 0 < float(m) < E:
+            ax.axvline(float(m), color="grey", ls=":", lw=0.9, zorder=0)
+
+
+def _finish(fig, ax, title: str, ylabel: str, runs: list[Run], log: bool, band: bool, note: str = "") -> None:
+    from matplotlib.patches import Patch
+    _milestones(ax, runs)
+    if log:
+        ax.set_yscale("log")
+        _tidy_log(ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    setting = _setting(runs)
+    sub = "; ".join(x for x in (setting, note or "dotted: lr drops") if x)
+    ax.set_title(f"{title}\n({sub})", fontsize=10)
+    ax.grid(alpha=0.3, lw=0.6)
+    handles, labels = ax.get_legend_handles_labels()
+    if band:
+        handles.append(Patch(color="grey", alpha=0.25, lw=0))
+        labels.append("shaded: mean +-1 std over seeds")
+    ax.legend(handles, labels, fontsize=8)
+    fig.tight_layout()
+
+
+def _label(v: str, n: int) -> str:
+    return f"{v} ({n} seed{'s' if n != 1 else ''})"
+
+
+def _draw_variants(ax, runs: list[Run], key: str, variants: list[str], scale: float = 1.0,
+                   log: bool = False) -> tuple[int, bool]:
+    """Mean line and +-1 std band per variant; returns (curves drawn, any band drawn)."""
     groups = by_variant(runs)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    drawn = 0
+    drawn, band = 0, False
     for v in variants:
         if v not in groups:
             continue
-        e, m, s = mean_std(groups[v], key)
-        if len(e) < 2:
+        c = aggregate(groups[v], key)
+        m, s = c.mean * scale, c.std * scale
+        keep = np.isfinite(m) & ((m > 0) if log else True)
+        if keep.sum() < 1:
             continue
-        n = len(groups[v])
-        style = "--" if v == "lr_exact" else "-"
-        ax.plot(e, m * scale, style, color=COLORS.get(v), lw=1.6, label=f"{v} ({n} seed{'s' if n > 1 else ''})")
-        if n > 1:
-            ax.fill_between(e, (m - s) * scale, (m + s) * scale, color=COLORS.get(v), alpha=0.2, lw=0)
+        e, m, s = c.epoch[keep], m[keep], s[keep]
+        color = COLORS.get(v)
+        ax.plot(e, m, STYLES.get(v, "-"), color=color, lw=1.5, marker="." if len(e) < 3 else None,
+                label=_label(v, len(groups[v])))
+        if len(groups[v]) > 1 and len(e) > 1:
+            lo = np.maximum(m - s, m * 0.05) if log else m - s
+            ax.fill_between(e, lo, m + s, color=color or "grey", alpha=0.2, lw=0)
+            band = True
         drawn += 1
+    return drawn, band
+
+
+def _curves(runs: list[Run], key: str, variants: list[str], title: str, ylabel: str, log: bool = False,
+            scale: float = 1.0, extra: Callable | None = None):
+    fig, (ax,) = _new_figure()
+    drawn, band = _draw_variants(ax, runs, key, variants, scale, log)
     if not drawn:
-        plt.close(fig)
         return None
-    cfg = runs[0].config
-    for ms in cfg.get("lr_milestones", []):
-        ax.axvline(ms, color="grey", ls=":", lw=0.8)
-    if theory and "baseline" in groups:
-        _theory_line(ax, groups["baseline"][0])
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title + ("" if not any(len(g) > 1 for g in groups.values()) else "  (band: +-1 std over seeds)"), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    if extra is not None:
+        extra(ax)
+    _finish(fig, ax, title, ylabel, runs, log, band)
     return fig
 
 
-def equilibrium_angular_update(lr: np.ndarray, cfg: dict) -> np.ndarray:
-    """SGD+L2: sqrt(2 lr lam / (1 + mu)); AdamW: sqrt(2 lr lam (1 - b1) / (1 + b1)) (rad per step)."""
-    lam, mu = cfg.get("weight_decay", 0.0), cfg.get("momentum", 0.9)
-    if cfg.get("optimizer", "sgd") == "adamw":
-        return np.sqrt(2 * lr * lam * (1 - mu) / (1 + mu))
-    return np.sqrt(2 * lr * lam / (1 + mu))
+# ---------------------------------------------------------------- theory
 
+def equilibrium_angular_update(lr, cfg: dict) -> np.ndarray | None:
+    """Equilibrium angular update per step of a scale-invariant weight at learning rate(s) `lr`.
 
-def _theory_line(ax, run: Run) -> None:
-    e, lr = run.series("lr")
-    if len(e) and run.config.get("weight_decay", 0) > 0 and run.config.get("optimizer", "sgd") in ("sgd", "adamw"):
-        ax.step(e, equilibrium_angular_update(lr, run.config), where="post", color="grey", ls="--", lw=1,
-                label="equilibrium prediction (baseline's settings)")
-        ax.legend(fontsize=8)
-
-
-def plot_test_acc(runs, variants, title):
-    return _curves(runs, "test_acc", variants, title, "test accuracy (%)", scale=100)
-
-
-def plot_conv_sqsum(runs, variants, log):
-    return _curves(runs, "conv_sqsum", variants, "sum of squared conv weights" + (" (log scale)" if log else ""),
-                   "sum of squared conv weights", log=log)
-
-
-def plot_rel_step(runs, variants, theory=True):
-    return _curves(runs, "rel_step_conv_ema", variants,
-                   "mean relative step size of conv layers (EMA, quarter-epoch half-life)",
-                   "mean ||dw|| / ||w|| of conv layers, per step", log=True, theory=theory)
-
-
-def plot_lr_factor(runs):
-    plt = _plt()
-    groups = by_variant(runs)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    drawn = 0
-    for v in ("lr_scaled", "lr_scaled_bn098", "lr_exact"):
-        if v in groups:
-            e, m, _ = mean_std(groups[v], "lr_factor")
-            if len(e) > 1:
-                ax.plot(e, m, color=COLORS[v], label=f"{v}: conv lr factor used")
-                drawn += 1
-    if not drawn:
-        plt.close(fig)
+    SGD+L2: sqrt(2 lr wd / (1 + momentum)); AdamW: sqrt(2 lr wd (1 - b1) / (1 + b1)), b1 =
+    config `momentum` (0.9 by default). None for other optimizers or without weight decay.
+    """
+    lam = float(cfg.get("weight_decay") or 0.0)
+    mu = float(cfg.get("momentum", 0.9))
+    opt = cfg.get("optimizer", "sgd")
+    lr = np.atleast_1d(np.asarray(lr, dtype=float))
+    if lam <= 0 or opt not in ("sgd", "adamw") or not 0 <= mu < 1:
         return None
+    try:
+        from . import theory
+        fn = theory.sgd_equilibrium if opt == "sgd" else theory.adamw_equilibrium
+        return np.array([fn(float(x), lam, mu)["angular_update"] if x > 0 else 0.0 for x in lr])
+    except Exception:  # theory module not there (yet) or a different signature: the formula
+        k = 1.0 if opt == "sgd" else (1 - mu)
+        return np.sqrt(2 * np.maximum(lr, 0) * lam * k / (1 + mu))
+
+
+def lr_schedule(cfg: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """(epochs, lr) of the config's step schedule as step-line vertices (lr `lr` times
+    `lr_gamma` after each milestone, `drawstyle="steps-post"`); None if the config lacks it."""
+    try:
+        lr0, E = float(cfg["lr"]), float(cfg["epochs"])
+        gamma = float(cfg.get("lr_gamma", 0.1))
+        ms = sorted(float(m) for m in cfg.get("lr_milestones") or [] if 0 < float(m) < E)
+    except (KeyError, TypeError, ValueError):
+        return None
+    x = np.array([0.0, *ms, E])
+    y = np.array([lr0 * gamma ** k for k in range(len(ms) + 1)] + [lr0 * gamma ** len(ms)])
+    return x, y
+
+
+def _theory_line(ax, runs: list[Run]) -> bool:
+    base = by_variant(runs).get("baseline")
+    if not base:
+        return False
+    run = base[0]
+    sched = lr_schedule(run.config)
+    if sched is not None:
+        e, lr = sched
+        where = "post"
+    else:  # the logged lr of each sample window (the window ending at that sample)
+        e, lr = run.series("lr")
+        where = "pre"
+    if len(e) < 2:
+        return False
+    pred = equilibrium_angular_update(lr, run.config)
+    if pred is None:
+        return False
+    opt = run.config.get("optimizer", "sgd")
+    ax.step(e, pred, where=where, color="grey", ls="--", lw=1.1,
+            label="equilibrium prediction (SGD+L2)" if opt == "sgd" else "equilibrium prediction (AdamW)")
+    return True
+
+
+def _tidy_log(ax) -> None:
+    """Plain tick labels on a log axis that spans less than a decade (no 1.02 x 10^0)."""
+    from matplotlib.ticker import FuncFormatter
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo < 10:
+        d = int(math.ceil(math.log10(hi / (hi - lo)))) + 3
+        f = FuncFormatter(lambda y, _: f"{y:.{d}g}")
+        ax.yaxis.set_major_formatter(f)
+        ax.yaxis.set_minor_formatter(f)
+
+
+# ---------------------------------------------------------------- the figures
+
+def plot_test_acc(runs: list[Run], variants: list[str] | None = None, title: str | None = None):
+    return _curves(runs, "test_acc", variants or ALL, title or "Test accuracy", "test accuracy (%)", scale=100.0)
+
+
+def plot_conv_sqsum(runs: list[Run], variants: list[str] | None = None, log: bool = False):
+    title = "Sum of squared conv weights" + (" (log scale)" if log else "")
+    return _curves(runs, "conv_sqsum", variants or (ALL if log else PAIR), title, "sum of squared conv weights", log=log)
+
+
+def plot_rel_step(runs: list[Run], variants: list[str] | None = None, theory: bool = True):
+    extra = (lambda ax: _theory_line(ax, runs)) if theory else None
+    return _curves(runs, "rel_step_conv_ema", variants or ALL,
+                   "Mean relative step size of conv layers (EMA, quarter-epoch half-life)",
+                   "mean ||Δw||/||w|| of conv layers, per step", log=True, extra=extra)
+
+
+def plot_train_loss(runs: list[Run], variants: list[str] | None = None):
+    return _curves(runs, "train_loss", variants or ALL, "Training loss (mean over each sample window)",
+                   "training loss (cross-entropy)", log=True)
+
+
+def _article_curve(E: float) -> tuple[np.ndarray, np.ndarray]:
+    """The article's piecewise-linear S_ref(t)/S(0), its 150 epochs mapped onto [0, E]."""
     from .optim import article_lr_factor
-    cfg = runs[0].config
-    epochs = float(cfg.get("epochs", 150))
-    x = np.linspace(0, epochs, 300)
-    ax.plot(x, [1 / article_lr_factor(150 * t / epochs) for t in x], color="grey", ls=":",
-            label="1 / article's piecewise-linear S_ref/S(0)" + ("" if epochs == 150 else f" (150 epochs squeezed to {epochs:g})"))
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("multiplier on conv gradients / lr")
-    ax.set_title("learning-rate factor replacing conv L2: S(t) / S_ref(t)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    x = np.linspace(0.0, E, 400)
+    return x, np.array([article_lr_factor(float(t) * ARTICLE_EPOCHS / E) for t in x])
+
+
+def plot_lr_factor(runs: list[Run]):
+    """Top: the conv lr factor the runs without conv L2 used (log y). Bottom: the baseline's
+    measured S(t)/S(0) and the article's piecewise-linear fit of it (the article's figure).
+    A panel without data is left out; None when neither has data."""
+    groups = by_variant(runs)
+    scaled = [v for v in ("lr_scaled", "lr_scaled_bn098", "lr_exact") if v in groups
+              and any(r.has("lr_factor") for r in groups[v])]
+    base = groups.get("baseline")
+    base_ok = bool(base) and any(r.has("conv_sqsum") for r in base)
+    panels = int(bool(scaled)) + int(base_ok)
+    if not panels:
+        return None
+    cfg = _ref_config(runs)
+    E = float(cfg.get("epochs") or ARTICLE_EPOCHS)
+    mapped = abs(E - ARTICLE_EPOCHS) > 1e-9
+    fig, axes = _new_figure(panels, height=3.6)
+    i = 0
+    if scaled:
+        ax = axes[i]
+        i += 1
+        _, band = _draw_variants(ax, runs, "lr_factor", scaled, log=True)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        modes = sorted({str(r.config.get("lr_scaling", "?")) for v in scaled if v != "lr_exact" for r in groups[v]})
+        _finish(fig, ax, "Conv learning-rate factor replacing conv L2"
+                + (f" (lr_scaling: {', '.join(modes)})" if modes else ""),
+                "multiplier on conv gradients", runs, True, band)
+    if base_ok:
+        ax = axes[i]
+        c = aggregate(base, "conv_sqsum")
+        s0 = [r.summary.get("initial_conv_sqsum") for r in base]
+        s0 = [x for x in s0 if isinstance(x, (int, float)) and x > 0]
+        known = bool(s0)
+        s0 = float(np.mean(s0)) if known else float(c.mean[0])
+        x0, y0 = (np.r_[0.0, c.epoch], np.r_[1.0, c.mean / s0]) if known and c.epoch[0] > 0 else (c.epoch, c.mean / s0)
+        ax.plot(x0, y0, color=COLORS["baseline"], lw=1.5,
+                label=f"baseline S(t)/S(0), measured ({len(base)} seed{'s' if len(base) != 1 else ''})")
+        x, y = _article_curve(E)
+        ax.plot(x, y, color="grey", ls="--", lw=1.2,
+                label="article's fit (150 epochs)" + (f", mapped onto {E:g}" if mapped else ""))
+        _finish(fig, ax, "Baseline's S(t)/S(0) and the article's piecewise-linear fit of it", "S(t) / S(0)", runs,
+                False, False, note=f"article's curve at epoch x 150/{E:g}" if mapped else "")
     return fig
 
 
-def figures(runs: list[Run], theory: bool = True) -> dict[str, object]:
-    a = ["baseline", "no_conv_l2"]
+FIGURES = ("test_acc_1", "test_acc_2", "test_acc_3", "conv_sqsum", "conv_sqsum_log", "rel_step_1", "rel_step_2",
+           "lr_factor", "train_loss")
+
+
+def _builders(runs: list[Run], theory: bool) -> dict[str, Callable]:
+    three = ["baseline", "no_conv_l2", "lr_scaled"]
+    has_exact = "lr_exact" in by_variant(runs)
     return {
-        "test_acc_1": plot_test_acc(runs, a, "test accuracy: L2 on conv layers vs not"),
-        "test_acc_2": plot_test_acc(runs, a + ["lr_scaled"], "test accuracy: conv L2 replaced by lr scaling"),
-        "test_acc_3": plot_test_acc(runs, ORDER, "test accuracy: + BN momentum fix (and exact transform)"),
-        "conv_sqsum": plot_conv_sqsum(runs, a, log=False),
-        "conv_sqsum_log": plot_conv_sqsum(runs, ORDER, log=True),
-        "rel_step_1": plot_rel_step(runs, a, theory),
-        "rel_step_2": plot_rel_step(runs, ORDER, theory),
-        "lr_factor": plot_lr_factor(runs),
-        "train_loss": _curves(runs, "train_loss", ORDER, "training loss (window mean)", "training loss", log=True),
+        "test_acc_1": lambda: plot_test_acc(runs, PAIR, "Test accuracy: L2 on all layers vs no L2 on conv layers"),
+        "test_acc_2": lambda: plot_test_acc(runs, three, "Test accuracy: conv L2 replaced by a conv lr factor"),
+        "test_acc_3": lambda: plot_test_acc(runs, ALL, "Test accuracy: + BN decay 0.98"
+                                            + (" (and the exact transform)" if has_exact else "")),
+        "conv_sqsum": lambda: plot_conv_sqsum(runs, PAIR, log=False),
+        "conv_sqsum_log": lambda: plot_conv_sqsum(runs, ALL, log=True),
+        "rel_step_1": lambda: plot_rel_step(runs, PAIR, theory),
+        "rel_step_2": lambda: plot_rel_step(runs, ALL, theory),
+        "lr_factor": lambda: plot_lr_factor(runs),
+        "train_loss": lambda: plot_train_loss(runs, ALL),
     }
 
 
-def plot_all(runs: list[Run], out_dir: str | Path, theory: bool = True) -> list[Path]:
-    """Write every figure that has data as PNG and SVG; returns the PNG paths."""
-    plt = _plt()
+def figures(runs: list[Run], theory: bool = True) -> dict[str, object]:
+    """Every figure by name (a matplotlib Figure, or None where none of its variants has data)."""
+    return {name: fn() for name, fn in _builders(runs, theory).items()}
+
+
+def save_figure(fig, out_dir: str | Path, name: str) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / f"{name}.png", dpi=DPI)
+    fig.savefig(out / f"{name}.svg")
+    return out / f"{name}.png"
+
+
+def plot_all(runs: list[Run], out_dir: str | Path, theory: bool = True) -> list[Path]:
+    """Write every figure that has data as OUT/NAME.png and OUT/NAME.svg; returns the PNG paths."""
+    if not runs:
+        raise BnwdError("no runs to plot")
     paths = []
-    for name, fig in figures(runs, theory).items():
-        if fig is None:
-            continue
-        fig.savefig(out / f"{name}.png", dpi=130)
-        fig.savefig(out / f"{name}.svg")
-        plt.close(fig)
-        paths.append(out / f"{name}.png")
+    for name, fn in _builders(runs, theory).items():
+        fig = fn()  # one figure at a time: built, saved, dropped
+        if fig is not None:
+            paths.append(save_figure(fig, out_dir, name))
     return paths
