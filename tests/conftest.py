@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from bnwd.data import load_cifar10, write_fake_cifar
 
@@ -14,3 +15,12 @@ def fake_data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fake_data(fake_data_dir):
     return load_cifar10(fake_data_dir, download=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny float64 nets: intra-op threads only add contention (10x slower on a shared 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

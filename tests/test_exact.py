@@ -19,13 +19,7 @@ from bnwd.optim import param_groups
 STEPS, DROP, LR, MU, WD = 300, 150, 0.1, 0.9, 5e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny float64 nets: intra-op threads only add contention (10x slower on a shared 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def net(eps, bn_momentum=0.1):

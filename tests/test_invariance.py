@@ -9,12 +9,7 @@ from bnwd.invariance import (InvarianceResult, audit, find_scale_invariant, form
 from bnwd.models import resnet20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def img(n=6, c=3, hw=6, seed=0):

@@ -10,7 +10,7 @@ import pytest
 from bnwd.errors import BnwdError
 from bnwd.plots import (FIGURES, aggregate, by_variant, equilibrium_angular_update, figures, load_run, load_runs,
                         plot_all, plot_rel_step, plot_test_acc)
-from bnwd.report import claims, summarize, write_report, write_summary
+from bnwd.report import claims, summarize, theory_by_stage, write_report, write_summary
 
 VARIANTS = ["baseline", "no_conv_l2", "lr_scaled", "lr_scaled_bn098", "lr_exact"]
 LAYERS = ["conv1", "layer1.0.conv1"]
@@ -168,6 +168,11 @@ def test_plot_all_writes_every_figure_with_data(tmp_path):
     assert len(labels(figs["test_acc_3"])) == 5
     assert "equilibrium prediction (SGD+L2)" in labels(figs["rel_step_1"])
     assert figs["rel_step_2"].axes[0].get_yscale() == "log"
+    assert len(figs["exact"].axes) == 3
+    assert all(labels_of == ["baseline (2 seeds)", "lr_exact (2 seeds)"]
+               for labels_of in ([ln.get_label() for ln in data_lines(ax)] for ax in figs["exact"].axes))
+    without_exact = [r for r in runs if r.variant != "lr_exact"]
+    assert figures(without_exact)["exact"] is None
     assert figs["conv_sqsum"].axes[0].get_yscale() == "linear"
     assert figs["conv_sqsum_log"].axes[0].get_yscale() == "log"
     # accuracy drawn in percent; milestone lines at epochs 4 and 8
@@ -281,3 +286,19 @@ def test_report(tmp_path):
     assert "claims" in text and text.count("✔") >= 10
     assert "width = 8" in text and "12 epochs instead of 150" in text and "training images: 10000 (article: all 50,000)" in text
     assert "Synthetic data." in text and "Preset `cpu`" in text
+    assert "## Theory next to measurement" in text and "| 1 | 0-4 | 0.1 | 80 | 100 | 0.02294 |" in text
+
+
+def test_theory_by_stage(tmp_path):
+    """Predicted relative step sqrt(2 lr wd / (1 + mu)) per lr stage, relaxation time
+    (1 - mu) / (2 lr wd) steps; the synthetic baseline sits at 1 + 0.5 exp(-epoch) times the
+    prediction, so its last-quarter mean is within 2% of it in every stage."""
+    rows = theory_by_stage(make_runs(tmp_path / "runs", seeds=(0,)))
+    assert [r["stage"] for r in rows] == [1, 2, 3] and [r["epochs"] for r in rows] == [(0, 4), (4, 8), (8, 12)]
+    for r, lr in zip(rows, (0.1, 0.01, 0.001)):
+        assert r["lr"] == pytest.approx(lr) and r["steps"] == 80
+        assert r["predicted"] == pytest.approx(math.sqrt(2 * lr * 5e-3 / 1.9))
+        assert r["steps_to_equilibrium"] == pytest.approx(0.1 / (2 * lr * 5e-3))
+        assert set(r["measured"]) == {"baseline", "lr_exact", "lr_scaled", "lr_scaled_bn098"}
+        assert r["measured"]["baseline"] / r["predicted"] == pytest.approx(1.0, abs=0.02)
+    assert theory_by_stage(make_runs(tmp_path / "nowd", seeds=(0,), variants=["baseline"], wd=0.0)) == []

@@ -42,6 +42,8 @@ CAPTIONS = {
     "rel_step_2": "Relative step size of all runs: lr scaling reproduces the baseline's.",
     "lr_factor": "Conv learning-rate factor of the runs without conv L2, and the baseline's S(t)/S(0) it stands in for.",
     "train_loss": "Training loss (mean over each sample window).",
+    "exact": "Baseline (conv L2) vs lr_exact (no conv L2, the exact lr transform, BN statistics rescaled): "
+             "train loss, relative step and test accuracy; the transform is exact, so any gap is float32 noise.",
 }
 
 
@@ -331,13 +333,9 @@ def equilibrium_angular_update(lr, cfg: dict) -> np.ndarray | None:
     lr = np.atleast_1d(np.asarray(lr, dtype=float))
     if lam <= 0 or opt not in ("sgd", "adamw") or not 0 <= mu < 1:
         return None
-    try:
-        from . import theory
-        fn = theory.sgd_equilibrium if opt == "sgd" else theory.adamw_equilibrium
-        return np.array([fn(float(x), lam, mu)["angular_update"] if x > 0 else 0.0 for x in lr])
-    except Exception:  # theory module not there (yet) or a different signature: the formula
-        k = 1.0 if opt == "sgd" else (1 - mu)
-        return np.sqrt(2 * np.maximum(lr, 0) * lam * k / (1 + mu))
+    from . import theory
+    fn = theory.sgd_equilibrium if opt == "sgd" else theory.adamw_equilibrium
+    return np.array([fn(float(x), lam, mu)["angular_update"] if x > 0 else 0.0 for x in lr])
 
 
 def lr_schedule(cfg: dict) -> tuple[np.ndarray, np.ndarray] | None:
@@ -411,6 +409,23 @@ def plot_train_loss(runs: list[Run], variants: list[str] | None = None):
                    "training loss (cross-entropy)", log=True)
 
 
+def plot_exact(runs: list[Run]):
+    """Baseline vs lr_exact in three panels (train loss, relative step, test accuracy): the
+    exact transform trains the same network as conv L2, so the curves should coincide."""
+    groups = by_variant(runs)
+    if "baseline" not in groups or "lr_exact" not in groups:
+        return None
+    pair = ["baseline", "lr_exact"]
+    fig, axes = _new_figure(3, height=3.2)
+    panels = (("train_loss", "training loss", True, 1.0, "Training loss"),
+              ("rel_step_conv_ema", "mean ||Δw||/||w|| (conv)", True, 1.0, "Relative step size of conv layers (EMA)"),
+              ("test_acc", "test accuracy (%)", False, 100.0, "Test accuracy"))
+    for ax, (key, ylabel, log, scale, title) in zip(axes, panels):
+        _, band = _draw_variants(ax, runs, key, pair, scale, log)
+        _finish(fig, ax, f"{title}: conv L2 vs the exact lr transform", ylabel, runs, log, band)
+    return fig
+
+
 def _article_curve(E: float) -> tuple[np.ndarray, np.ndarray]:
     """The article's piecewise-linear S_ref(t)/S(0), its 150 epochs mapped onto [0, E]."""
     from .optim import article_lr_factor
@@ -463,7 +478,7 @@ def plot_lr_factor(runs: list[Run]):
 
 
 FIGURES = ("test_acc_1", "test_acc_2", "test_acc_3", "conv_sqsum", "conv_sqsum_log", "rel_step_1", "rel_step_2",
-           "lr_factor", "train_loss")
+           "lr_factor", "train_loss", "exact")
 
 
 def _builders(runs: list[Run], theory: bool) -> dict[str, Callable]:
@@ -480,6 +495,7 @@ def _builders(runs: list[Run], theory: bool) -> dict[str, Callable]:
         "rel_step_2": lambda: plot_rel_step(runs, ALL, theory),
         "lr_factor": lambda: plot_lr_factor(runs),
         "train_loss": lambda: plot_train_loss(runs, ALL),
+        "exact": lambda: plot_exact(runs),
     }
 
 

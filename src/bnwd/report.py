@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import ARTICLE_EPOCHS, CAPTIONS, Run, aggregate, by_variant
+from . import theory
+from .plots import ARTICLE_EPOCHS, CAPTIONS, Run, aggregate, by_variant, lr_schedule
 
 # Numeric columns of a summary row, in table order.
 COLUMNS = ("final_test_acc", "final_train_loss", "final_test_loss", "gap", "final_conv_sqsum", "epochs", "wall_s")
@@ -296,6 +297,67 @@ def claims(runs: list[Run]) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------- theory vs measurement
+
+THEORY_VARIANTS = ("baseline", "lr_exact", "lr_scaled", "lr_scaled_bn098")
+
+
+def theory_by_stage(runs: list[Run]) -> list[dict]:
+    """Per lr stage: the equilibrium relative step (= angular update) of a scale-invariant weight,
+    sqrt(2 lr wd / (1 + mu)) for SGD+L2 (sqrt(2 lr wd (1 - b1) / (1 + b1)) for AdamW), its
+    relaxation time (1 - mu) / (2 lr wd) steps (1 / (2 lr wd) for AdamW), and the measured mean
+    over conv layers of ||dw|| / ||w|| (EMA), averaged over the last quarter of the stage (its end
+    point excluded), for
+    each variant that has conv L2 or emulates it. Empty when the config has no weight decay."""
+    g = by_variant(runs)
+    cfg = (g.get("baseline") or runs)[0].config
+    sched = lr_schedule(cfg)
+    lam, mu, opt = _f(cfg.get("weight_decay")), _f(cfg.get("momentum", 0.9)), cfg.get("optimizer", "sgd")
+    spe = _f(cfg.get("steps_per_epoch"))
+    if sched is None or not lam > 0 or opt not in ("sgd", "adamw"):
+        return []
+    edges, lrs = sched
+    out = []
+    for k in range(len(edges) - 1):
+        lo, hi, lr = float(edges[k]), float(edges[k + 1]), float(lrs[k])
+        if not lr > 0 or hi <= lo:
+            continue
+        eq = theory.sgd_equilibrium(lr, lam, mu) if opt == "sgd" else theory.adamw_equilibrium(lr, lam, mu)
+        row = {"stage": k + 1, "epochs": (lo, hi), "lr": lr, "steps": (hi - lo) * spe if math.isfinite(spe) else float("nan"),
+               "steps_to_equilibrium": eq["steps_to_equilibrium"], "predicted": eq["relative_step"], "measured": {}}
+        for v in THEORY_VARIANTS:
+            if v in g:
+                # the sample exactly at a milestone can already carry the next stage's lr: leave it out
+                row["measured"][v] = _window(g[v], "rel_step_conv_ema", hi - (hi - lo) / 4, hi - 1e-6)
+        out.append(row)
+    return out
+
+
+def _theory_lines(runs: list[Run]) -> list[str]:
+    rows = theory_by_stage(runs)
+    if not rows:
+        return []
+    vs = [v for v in THEORY_VARIANTS if v in rows[0]["measured"]]
+    opt = (by_variant(runs).get("baseline") or runs)[0].config.get("optimizer", "sgd")
+    formula = "sqrt(2 lr wd / (1 + momentum))" if opt == "sgd" else "sqrt(2 lr wd (1 - b1) / (1 + b1))"
+    lines = ["## Theory next to measurement", "",
+             f"Equilibrium relative step of a scale-invariant weight, {formula} per step, and the number of steps "
+             "it takes to get there (e-folding time of ||w||^2 under the decay), against the measured mean "
+             "||Δw||/||w|| of the conv layers (EMA) over the last quarter of each lr stage (measured / predicted "
+             "in brackets). A stage much shorter than the relaxation time ends before equilibrium.", "",
+             "| stage | epochs | lr | steps | steps to equilibrium | predicted | " + " | ".join(vs) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(vs)]
+    for r in rows:
+        cells = []
+        for v in vs:
+            m = r["measured"].get(v, float("nan"))
+            cells.append(f"{m:.4g} ({m / r['predicted']:.2f}x)" if math.isfinite(m) else "–")
+        lo, hi = r["epochs"]
+        lines.append(f"| {r['stage']} | {lo:g}-{hi:g} | {r['lr']:g} | {r['steps']:.0f} | {r['steps_to_equilibrium']:.0f} | "
+                     f"{r['predicted']:.4g} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 # ---------------------------------------------------------------- report
 
 def _same(a, b) -> bool:
@@ -423,6 +485,8 @@ def write_report(runs: list[Run], out_dir: str | Path, figures: list[Path],
         mark = {True: "✔", False: "✘", None: "–"}[c["shown"]]
         lines.append(f"- {mark} {c['claim']} — {c['evidence']}")
     lines.append("")
+
+    lines += _theory_lines(runs)
 
     lines += ["## Figures", "", "Lines: mean over seeds; shaded: ±1 std over seeds; dotted verticals: lr drops.", ""]
     for f in figures:
