@@ -19,6 +19,7 @@ so a resumed run sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -84,6 +85,17 @@ MAX_MEMBER_BYTES = 1 << 30
 
 def _one_line(obj: object) -> str:
     return " ".join(str(obj).split())
+
+
+@contextlib.contextmanager
+def _tar_errors(archive: Path, what: str) -> Iterator[None]:
+    """Turn the many ways a damaged tar.gz fails into one DataError naming the file."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
+        raise DataError(f"{archive}: {what} ({type(e).__name__}: {_one_line(e)})") from None
 
 
 # --------------------------------------------------------------------------- #
@@ -326,7 +338,7 @@ def _member_batch_name(name: str) -> str | None:
 
 def _read_archive(archive: Path) -> Cifar10:
     raws: dict[str, bytes] = {}
-    try:
+    with _tar_errors(archive, "not a readable tar.gz archive, it may be truncated or corrupt"):
         with tarfile.open(archive, mode="r|gz") as tf:  # one forward pass, no seeking
             for m in tf:
                 n = _member_batch_name(m.name)
@@ -341,13 +353,6 @@ def _read_archive(archive: Path) -> Cifar10:
                 if len(raw) != m.size:
                     raise DataError(f"{archive}: member {m.name} is truncated")
                 raws[n] = raw
-    except DataError:
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
-        raise DataError(
-            f"{archive}: not a readable tar.gz archive, it may be truncated or corrupt "
-            f"({type(e).__name__}: {_one_line(e)})"
-        ) from None
     missing = [n for n in BATCH_FILES if n not in raws]
     if missing:
         raise _missing_error(archive, [f"{FOLDER_NAME}/{n}" for n in missing])
@@ -468,7 +473,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """
     archive = Path(archive)
     dest = Path(dest)
-    try:
+    with _tar_errors(archive, "cannot extract, archive may be truncated or corrupt"):
         with tarfile.open(archive, mode="r:*") as tf:
             members = tf.getmembers()
             dest.mkdir(parents=True, exist_ok=True)
@@ -490,13 +495,6 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
                 tf.extractall(base, members=members, filter="data")
             else:  # pragma: no cover - Pythons without tar filters; checked above
                 tf.extractall(base, members=members)
-    except DataError:
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
-        raise DataError(
-            f"{archive}: cannot extract, archive may be truncated or corrupt "
-            f"({type(e).__name__}: {_one_line(e)})"
-        ) from None
     return dest
 
 
