@@ -67,6 +67,8 @@ def bench(device: str = "auto", batch_size: int = 128, steps: int = 20, width: i
     configs = [("plain", {})]
     if cuda:
         configs += [("bf16+channels_last", {"amp": True, "channels_last": True})]
+    else:
+        configs += [("channels_last", {"channels_last": True})]
     for name, kw in configs:
         base = time_steps(dev, batch_size, steps, width, monitor=False, **kw)
         mon = time_steps(dev, batch_size, steps, width, monitor=True, **kw)
