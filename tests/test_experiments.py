@@ -2,6 +2,8 @@
 import csv
 import json
 
+import pytest
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -60,3 +62,14 @@ def test_adamw_runs(tmp_path, fake_data):
     s = train(make_config("smoke", {**kw, "variant": "lr_scaled", "reference": str(base)}), tmp_path / "s",
               dataset=fake_data, progress=False)
     assert s["finished"]
+
+
+def test_bench_reports_each_layout(tmp_path):
+    """`bnwd bench` times a plain and a channels_last step on CPU and writes img/s = batch / (s/step)."""
+    from bnwd.bench import bench
+    res = bench(device="cpu", batch_size=8, steps=2, width=4, json_path=str(tmp_path / "b.json"))
+    assert set(res) >= {"plain", "channels_last"}
+    for name in ("plain", "channels_last"):
+        r = res[name]
+        assert r["img_per_s"] == pytest.approx(8 / (r["ms_per_step"] / 1e3))
+    assert json.loads((tmp_path / "b.json").read_text())["batch_size"] == 8
