@@ -282,7 +282,7 @@ def test_names_groups_and_layers_option():
     agg = {"step", "conv_sqsum", "conv_sqsum_rel", "rel_step_conv", "rel_step_conv_last", "rel_step_conv_ema",
            "angle_conv", "angle_conv_last", "angle_conv_ema", "eff_lr_conv", "eff_lr_rel_conv"}
     metrics = ("sqnorm", "rel_step", "rel_step_last", "rel_step_ema", "angle", "angle_last", "angle_ema",
-               "eff_lr", "eff_lr_rel")
+               "eff_lr", "eff_lr_rel", "grad_sq_unit", "grad_sq_unit_ema")
     conv = {f"{k}/group0/conv.weight" for k in metrics}
     group = {f"{k}/group/group0" for k in metrics}
     assert keys["conv"] == agg | conv
@@ -291,3 +291,25 @@ def test_names_groups_and_layers_option():
     assert len(keys["all"]) == len(agg | group) + 5 * len(metrics)
     with pytest.raises(ValueError):
         Monitor(m, opt, layers="bogus")
+
+
+def test_grad_sq_unit_is_invariant_to_weight_scale():
+    """grad_sq_unit = ||g||^2 ||w||^2 with g the loss gradient (before weight decay). For a
+    scale-invariant kernel g(c w) = g(w) / c, so it is the same for w and 10 w: the L of the
+    equilibrium norm, a property of the direction only (exactly so with BN eps -> 0)."""
+    vals = []
+    for c in (1.0, 10.0):
+        m, opt = setup(lr=0.1, momentum=0.9, weight_decay=1e-2)
+        m.bn.eps = 1e-14
+        with torch.no_grad():
+            m.conv.weight.mul_(c)
+        mon = Monitor(m, opt, layers="all")
+        opt.zero_grad()
+        m(batch(0)).pow(2).sum().backward()
+        hand = m.conv.weight.grad.norm().item() ** 2 * m.conv.weight.norm().item() ** 2
+        opt.step()
+        s = mon.sample()
+        assert s["grad_sq_unit/conv/conv.weight"] == pytest.approx(hand, rel=1e-10)
+        assert s["grad_sq_unit_ema/conv/conv.weight"] == pytest.approx(hand, rel=1e-10)
+        vals.append(hand)
+    assert vals[1] == pytest.approx(vals[0], rel=1e-8)

@@ -302,3 +302,33 @@ def test_theory_by_stage(tmp_path):
         assert set(r["measured"]) == {"baseline", "lr_exact", "lr_scaled", "lr_scaled_bn098"}
         assert r["measured"]["baseline"] / r["predicted"] == pytest.approx(1.0, abs=0.02)
     assert theory_by_stage(make_runs(tmp_path / "nowd", seeds=(0,), variants=["baseline"], wd=0.0)) == []
+
+
+def test_equilibrium_sqsum_from_measured_gradient_scale(tmp_path):
+    """SGD+L2: per layer ||w*||^2 = sqrt(L lr / (wd (1 - mu) (2 - wd lr / (1 + mu)))), L the logged
+    grad_sq_unit_ema; the conv sum adds the layers. A run without those metrics, or not a baseline,
+    gets no line."""
+    from bnwd.plots import Run, equilibrium_sqsum
+    cfg = {"variant": "baseline", "weight_decay": 5e-3, "momentum": 0.9, "optimizer": "sgd"}
+    rows = [{"epoch": 1.0, "step": 10, "lr": 0.1, "grad_sq_unit_ema/conv/a.weight": 2.0,
+             "grad_sq_unit_ema/conv/b.weight": 8.0},
+            {"epoch": 2.0, "step": 20, "lr": 0.01, "grad_sq_unit_ema/conv/a.weight": 2.0,
+             "grad_sq_unit_ema/conv/b.weight": 8.0}]
+    eq = equilibrium_sqsum(Run(tmp_path, cfg, rows, {}))
+    for got, lr in zip(eq, (0.1, 0.01)):
+        one = lambda L: math.sqrt(L * lr / (5e-3 * 0.1 * (2 - 5e-3 * lr / 1.9)))  # noqa: E731
+        assert got == pytest.approx(one(2.0) + one(8.0), rel=1e-12)
+    assert eq[0] / eq[1] == pytest.approx(math.sqrt(10), rel=1e-4)  # ||w*||^2 goes as sqrt(lr)
+    assert equilibrium_sqsum(Run(tmp_path, {**cfg, "variant": "no_conv_l2"}, rows, {})) is None
+    assert equilibrium_sqsum(Run(tmp_path, cfg, [{k: v for k, v in r.items() if "grad" not in k} for r in rows], {})) is None
+
+
+def test_equilibrium_sqsum_adamw_needs_no_gradient_scale(tmp_path):
+    """AdamW: ||w*||^2 = lr dim / (2 wd) per layer, dims from the config's network (ResNet-8
+    width 4 here): the sum over conv kernels is lr * (number of conv weights) / (2 wd)."""
+    from bnwd.models import resnet
+    from bnwd.plots import Run, equilibrium_sqsum
+    cfg = {"variant": "baseline", "weight_decay": 0.05, "momentum": 0.9, "optimizer": "adamw", "depth": 8, "width": 4}
+    n = sum(p.numel() for p in resnet(8, width=4).parameters() if p.dim() == 4)
+    eq = equilibrium_sqsum(Run(tmp_path, cfg, [{"epoch": 1.0, "step": 5, "lr": 1e-3}], {}))
+    assert eq[0] == pytest.approx(1e-3 * n / (2 * 0.05))

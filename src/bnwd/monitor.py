@@ -32,9 +32,14 @@ multi-tensor kernels, whatever the number of layers) and no host sync:
                                  RMSprop, Adadelta), lr = the group's lr of that step
     eff_lr_rel = eff_lr / (lr_0 / ||w_0||^2)   (power 1 for Adam-type), where w_0 and lr_0 are
                                  the weights and the group lr when the monitor was created
+    grad_sq_unit = ||g||^2 ||wb||^2   the squared gradient the optimizer is handed (``.grad`` at
+                                 the pre-step hook, before its weight decay), taken at unit weight
+                                 norm: for a scale-invariant weight g(w) = g(w/||w||)/||w||, so
+                                 this is ||g(w/||w||)||^2, the ``L`` of the equilibrium norm
+                                 (`bnwd.theory.sgd_equilibrium(grad_sq_unit=L)`)
 
 The same quantities are computed for each parameter group taken as one concatenated
-vector (``.../group/<name>``). ``rel`` and ``angle`` are kept three ways:
+vector (``.../group/<name>``). ``rel``, ``angle`` and ``grad_sq_unit`` are kept three ways:
 
 - window mean: the mean over the steps since the last ``sample()`` (key ``rel_step/...``),
 - last: the value at the last step (``rel_step_last/...``),
@@ -63,7 +68,8 @@ ADAPTIVE = tuple(getattr(torch.optim, n) for n in
                  ("Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adagrad", "RMSprop", "Adadelta")
                  if hasattr(torch.optim, n))
 LAYERS = ("auto", "conv", "all", "none")
-_M = ("rel", "angle")  # the per-step metrics kept as window mean / last / EMA
+_M = ("rel", "angle", "grad_sq_unit")  # the per-step metrics kept as window mean / last / EMA
+STATE_VERSION = 3
 
 
 def _lr(v: Any) -> Any:
@@ -154,13 +160,16 @@ class Monitor:
             self._before = [torch.empty_like(p, memory_format=torch.preserve_format).detach() for p in self.params]
             sq = self._sqnorms(self.params)
         # accumulators, all on the device, one row per unit
-        self.win_sum = torch.zeros(U, 2, **f64)   # columns: rel, angle
+        M = len(_M)
+        self.win_sum = torch.zeros(U, M, **f64)   # columns: _M
         self.win_cnt = torch.zeros(U, **f64)
-        self.last = torch.full((U, 2), math.nan, **f64)
-        self.ema = torch.zeros(U, 2, **f64)
+        self.last = torch.full((U, M), math.nan, **f64)
+        self.ema = torch.zeros(U, M, **f64)
         self.ema_w = torch.zeros(U, **f64)        # 1 - d^n for the bias correction
         self.sq = torch.cat([sq, self._member @ sq])
         self.init_sq = self.sq.clone()
+        self._gsq = torch.zeros(self.P, **f64)    # ||grad||^2 of the step in flight
+        self._zeros: dict[int, torch.Tensor] = {}
         self.lrs = [_lr(g["lr"]) for g in optimizer.param_groups]
         self.init_lrs = list(self.lrs)
         self.step = 0
@@ -174,6 +183,14 @@ class Monitor:
     def _pre(self, opt, args, kwargs) -> None:
         with torch.no_grad():
             torch._foreach_copy_(self._before, [p.detach() for p in self.params])
+            grads = [p.grad.detach() if p.grad is not None else self._zero(i) for i, p in enumerate(self.params)]
+            self._gsq = self._sqnorms(grads)
+
+    def _zero(self, i: int) -> torch.Tensor:
+        z = self._zeros.get(i)
+        if z is None:
+            z = self._zeros[i] = torch.zeros((), dtype=self.params[i].dtype, device=self.device)
+        return z
 
     def _mask(self) -> torch.Tensor:
         """Device mask of the parameters the optimizer updated (grad not None), cached per pattern."""
@@ -201,7 +218,9 @@ class Monitor:
             bbs = torch.where(bb > 0, bb, torch.ones_like(bb))
             rel = (ss / bbs).sqrt()
             angle = torch.atan2((bb * ss - bs * bs).clamp_min(0).sqrt(), bb + bs)
-            v = torch.stack([rel, angle], 1) * valid[:, None]
+            gsq = self._gsq * upd
+            gsq = torch.cat([gsq, self._member @ gsq])
+            v = torch.stack([rel, angle, gsq * bb], 1) * valid[:, None]
             ok = valid.bool()[:, None]
             d = self.decay
             self.win_sum += v
@@ -239,13 +258,13 @@ class Monitor:
             eff = self._lr_vec(self.lrs) / self.sq.pow(p / 2)
             eff0 = self._lr_vec(self.init_lrs) / self.init_sq.pow(p / 2)
             table = torch.stack([self.sq, mean[:, 0], self.last[:, 0], ema[:, 0], mean[:, 1], self.last[:, 1],
-                                 ema[:, 1], eff, eff / eff0]).cpu().tolist()
+                                 ema[:, 1], eff, eff / eff0, mean[:, 2], ema[:, 2]]).cpu().tolist()
             self.win_sum.zero_()
             self.win_cnt.zero_()
-        sq, rel, rel_last, rel_ema, ang, ang_last, ang_ema, eff, eff_rel = table
+        sq, rel, rel_last, rel_ema, ang, ang_last, ang_ema, eff, eff_rel, gu, gu_ema = table
         cols = (("sqnorm", sq), ("rel_step", rel), ("rel_step_last", rel_last), ("rel_step_ema", rel_ema),
                 ("angle", ang), ("angle_last", ang_last), ("angle_ema", ang_ema), ("eff_lr", eff),
-                ("eff_lr_rel", eff_rel))
+                ("eff_lr_rel", eff_rel), ("grad_sq_unit", gu), ("grad_sq_unit_ema", gu_ema))
         out: dict[str, float] = {"step": self.step}
         conv = [i for i in range(self.P) if self.is_conv[i]]
         if conv:
@@ -290,15 +309,16 @@ class Monitor:
 
     def state_dict(self) -> dict:
         """Window and EMA accumulators, last values, init norms and lrs, step (CPU tensors)."""
-        return {"version": 2, "keys": self.keys, "step": self.step, "halflife": self.halflife,
+        return {"version": STATE_VERSION, "keys": self.keys, "step": self.step, "halflife": self.halflife,
                 "lrs": [v.cpu() if isinstance(v, torch.Tensor) else v for v in self.lrs],
                 "init_lrs": [v.cpu() if isinstance(v, torch.Tensor) else v for v in self.init_lrs],
                 **{k: getattr(self, k).cpu().clone() for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq")}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()` of a monitor over the same parameters (ValueError otherwise)."""
-        if state.get("version") != 2:
-            raise ValueError("not a bnwd Monitor state (version 2)")
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"not a bnwd Monitor state of this version ({STATE_VERSION}); "
+                             f"got version {state.get('version')!r}")
         if list(state["keys"]) != self.keys:
             raise ValueError("Monitor state was saved for other parameters "
                              f"({len(state['keys'])} tracked there, {self.P} here)")

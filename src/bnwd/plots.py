@@ -36,7 +36,8 @@ CAPTIONS = {
     "test_acc_1": "Test accuracy, L2 on all layers (baseline) vs no L2 on the conv kernels (article: 91% vs 89.5%).",
     "test_acc_2": "Test accuracy with the conv L2 replaced by a conv learning-rate factor (lr_scaled).",
     "test_acc_3": "Test accuracy with BN decay 0.98 (lr_scaled_bn098), which lets the BN moving averages keep up.",
-    "conv_sqsum": "Sum of squared conv weights: without conv L2 the weights grow much faster.",
+    "conv_sqsum": "Sum of squared conv weights: without conv L2 the weights grow much faster. Dashed: where "
+                  "the baseline's norm would settle at the current lr and measured gradient scale (equilibrium theory).",
     "conv_sqsum_log": "Sum of squared conv weights, log scale: with lr scaling they grow to extreme values.",
     "rel_step_1": "Mean over conv layers of ||step|| / ||w|| (EMA, quarter-epoch half-life): without conv L2 it decays.",
     "rel_step_2": "Relative step size of all runs: lr scaling reproduces the baseline's.",
@@ -375,6 +376,76 @@ def _theory_line(ax, runs: list[Run]) -> bool:
     return True
 
 
+EQ_KEY = "conv_sqsum_eq"
+_GSQ = "grad_sq_unit_ema/conv/"
+
+
+def _conv_dims(cfg: dict) -> dict[str, int]:
+    from .models import resnet
+    model = resnet(int(cfg.get("depth", 20)), width=int(cfg.get("width", 16)))
+    return {n: p.numel() for n, p in model.named_parameters() if p.dim() == 4}
+
+
+def equilibrium_sqsum(run: Run) -> np.ndarray | None:
+    """Per sample point, the sum over conv kernels of the equilibrium squared norm at that point's lr:
+    where ||w||^2 would settle if lr and the gradient scale stayed as they are.
+
+    SGD+L2: ||w*||^2 = sqrt(L lr / (wd (1 - mu) (2 - wd lr / (1 + mu)))) per layer, with
+    L = ||g||^2 ||w||^2 the layer's measured squared gradient at unit norm (`grad_sq_unit_ema`);
+    AdamW: ||w*||^2 = lr dim / (2 wd) (no gradient scale needed). None when the run has no
+    conv weight decay, another optimizer, or (SGD) no `grad_sq_unit` metrics.
+    """
+    from . import theory
+    cfg = run.config
+    lam, mu, opt = float(cfg.get("weight_decay") or 0.0), float(cfg.get("momentum", 0.9)), cfg.get("optimizer", "sgd")
+    if run.variant != "baseline" or not lam > 0 or not 0 <= mu < 1 or opt not in ("sgd", "adamw"):
+        return None
+    lr = run.metrics.get("lr")
+    if lr is None:
+        return None
+    n = len(lr)
+    total = np.zeros(n)
+    if opt == "sgd":
+        keys = [k for k in run.metrics if k.startswith(_GSQ)]
+        if not keys:
+            return None
+        for k in keys:
+            for i, (L, eta) in enumerate(zip(run.metrics[k], lr)):
+                ok = np.isfinite(L) and np.isfinite(eta) and eta > 0
+                total[i] += theory.sgd_equilibrium(eta, lam, mu, grad_sq_unit=float(L))["sq_norm"] if ok else np.nan
+    else:
+        dims = _conv_dims(cfg)
+        for i, eta in enumerate(lr):
+            total[i] = sum(eta * d / (2 * lam) for d in dims.values()) if np.isfinite(eta) and eta > 0 else np.nan
+    return total
+
+
+def with_equilibrium_sqsum(runs: list[Run]) -> list[Run]:
+    """The baseline runs, each with `equilibrium_sqsum` as metric EQ_KEY; [] if any lacks it."""
+    base = by_variant(runs).get("baseline") or []
+    for r in base:
+        if EQ_KEY not in r.metrics:
+            eq = equilibrium_sqsum(r)
+            if eq is None:
+                return []
+            r.metrics[EQ_KEY] = eq
+    return base
+
+
+def _sqsum_theory_line(ax, runs: list[Run]) -> bool:
+    base = with_equilibrium_sqsum(runs)
+    if not base:
+        return False
+    c = aggregate(base, EQ_KEY)
+    ok = np.isfinite(c.mean) & (c.mean > 0)
+    if ok.sum() < 2:
+        return False
+    opt = base[0].config.get("optimizer", "sgd")
+    ax.plot(c.epoch[ok], c.mean[ok], color="grey", ls="--", lw=1.1,
+            label="baseline's equilibrium at the current lr" + (" and gradient scale" if opt == "sgd" else " (AdamW)"))
+    return True
+
+
 def _tidy_log(ax) -> None:
     """Plain tick labels on a log axis that spans less than a decade (no 1.02 x 10^0)."""
     from matplotlib.ticker import FuncFormatter
@@ -392,9 +463,11 @@ def plot_test_acc(runs: list[Run], variants: list[str] | None = None, title: str
     return _curves(runs, "test_acc", variants or ALL, title or "Test accuracy", "test accuracy (%)", scale=100.0)
 
 
-def plot_conv_sqsum(runs: list[Run], variants: list[str] | None = None, log: bool = False):
+def plot_conv_sqsum(runs: list[Run], variants: list[str] | None = None, log: bool = False, theory: bool = True):
     title = "Sum of squared conv weights" + (" (log scale)" if log else "")
-    return _curves(runs, "conv_sqsum", variants or (ALL if log else PAIR), title, "sum of squared conv weights", log=log)
+    extra = (lambda ax: _sqsum_theory_line(ax, runs)) if theory else None
+    return _curves(runs, "conv_sqsum", variants or (ALL if log else PAIR), title, "sum of squared conv weights",
+                   log=log, extra=extra)
 
 
 def plot_rel_step(runs: list[Run], variants: list[str] | None = None, theory: bool = True):
@@ -489,8 +562,8 @@ def _builders(runs: list[Run], theory: bool) -> dict[str, Callable]:
         "test_acc_2": lambda: plot_test_acc(runs, three, "Test accuracy: conv L2 replaced by a conv lr factor"),
         "test_acc_3": lambda: plot_test_acc(runs, ALL, "Test accuracy: + BN decay 0.98"
                                             + (" (and the exact transform)" if has_exact else "")),
-        "conv_sqsum": lambda: plot_conv_sqsum(runs, PAIR, log=False),
-        "conv_sqsum_log": lambda: plot_conv_sqsum(runs, ALL, log=True),
+        "conv_sqsum": lambda: plot_conv_sqsum(runs, PAIR, log=False, theory=theory),
+        "conv_sqsum_log": lambda: plot_conv_sqsum(runs, ALL, log=True, theory=theory),
         "rel_step_1": lambda: plot_rel_step(runs, PAIR, theory),
         "rel_step_2": lambda: plot_rel_step(runs, ALL, theory),
         "lr_factor": lambda: plot_lr_factor(runs),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import theory
-from .plots import ARTICLE_EPOCHS, CAPTIONS, Run, aggregate, by_variant, lr_schedule
+from .plots import ARTICLE_EPOCHS, CAPTIONS, EQ_KEY, Run, aggregate, by_variant, lr_schedule, with_equilibrium_sqsum
 
 # Numeric columns of a summary row, in table order.
 COLUMNS = ("final_test_acc", "final_train_loss", "final_test_loss", "gap", "final_conv_sqsum", "epochs", "wall_s")
@@ -308,7 +308,10 @@ def theory_by_stage(runs: list[Run]) -> list[dict]:
     relaxation time (1 - mu) / (2 lr wd) steps (1 / (2 lr wd) for AdamW), and the measured mean
     over conv layers of ||dw|| / ||w|| (EMA), averaged over the last quarter of the stage (its end
     point excluded), for
-    each variant that has conv L2 or emulates it. Empty when the config has no weight decay."""
+    each variant that has conv L2 or emulates it; and, when the baseline logged its gradient scale
+    (SGD) or always (AdamW), the baseline's conv sqsum over the same window against its equilibrium
+    value (`bnwd.plots.equilibrium_sqsum`) as `sqsum` / `sqsum_eq`. Empty when the config has no
+    weight decay."""
     g = by_variant(runs)
     cfg = (g.get("baseline") or runs)[0].config
     sched = lr_schedule(cfg)
@@ -317,6 +320,7 @@ def theory_by_stage(runs: list[Run]) -> list[dict]:
     if sched is None or not lam > 0 or opt not in ("sgd", "adamw"):
         return []
     edges, lrs = sched
+    has_eq = bool(with_equilibrium_sqsum(runs))
     out = []
     for k in range(len(edges) - 1):
         lo, hi, lr = float(edges[k]), float(edges[k + 1]), float(lrs[k])
@@ -329,6 +333,9 @@ def theory_by_stage(runs: list[Run]) -> list[dict]:
             if v in g:
                 # the sample exactly at a milestone can already carry the next stage's lr: leave it out
                 row["measured"][v] = _window(g[v], "rel_step_conv_ema", hi - (hi - lo) / 4, hi - 1e-6)
+        if has_eq:  # the baseline's conv sqsum at the stage's end against where it would settle
+            row["sqsum"] = _window(g["baseline"], "conv_sqsum", hi - (hi - lo) / 4, hi - 1e-6)
+            row["sqsum_eq"] = _window(g["baseline"], EQ_KEY, hi - (hi - lo) / 4, hi - 1e-6)
         out.append(row)
     return out
 
@@ -355,6 +362,15 @@ def _theory_lines(runs: list[Run]) -> list[str]:
         lo, hi = r["epochs"]
         lines.append(f"| {r['stage']} | {lo:g}-{hi:g} | {r['lr']:g} | {r['steps']:.0f} | {r['steps_to_equilibrium']:.0f} | "
                      f"{r['predicted']:.4g} | " + " | ".join(cells) + " |")
+    if all("sqsum_eq" in r for r in rows):
+        lines += ["", "The baseline's sum of squared conv weights over the same windows against its equilibrium value "
+                  "at that lr" + (" and the measured gradient scale L = ||g||^2 ||w||^2 of each layer, "
+                                  "sum over layers of sqrt(L lr / (wd (1 - mu) (2 - wd lr / (1 + mu))))" if opt == "sgd"
+                                  else ", sum over layers of lr dim / (2 wd)") + ":", "",
+                  "| stage | measured conv sqsum | equilibrium | measured / equilibrium |", "|---|---|---|---|"]
+        for r in rows:
+            a, b = r["sqsum"], r["sqsum_eq"]
+            lines.append(f"| {r['stage']} | {a:.4g} | {b:.4g} | {a / b:.2f}x |")
     return lines + [""]
 
 
