@@ -44,7 +44,9 @@ CAPTIONS = {
     "lr_factor": "Conv learning-rate factor of the runs without conv L2, and the baseline's S(t)/S(0) it stands in for.",
     "train_loss": "Training loss (mean over each sample window).",
     "exact": "Baseline (conv L2) vs lr_exact (no conv L2, the exact lr transform, BN statistics rescaled): "
-             "train loss, relative step and test accuracy; the transform is exact, so any gap is float32 noise.",
+             "train loss, relative step and test accuracy. The two are the same dynamics up to rounding, but early "
+             "training is chaotic (rounding differences grow ~3x per step, `benchmarks/chaos.py`), so they agree "
+             "as two seeds do, statistically rather than pointwise.",
 }
 
 
