@@ -65,7 +65,8 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
     # Reduced experiment for a 2-core CPU: four runs in under 20 minutes (~4.5 min each at
     # ~740 img/s). ResNet-20 at half width (8/16/32 filters) on a class-balanced 10k subset,
     # 20 epochs (78 steps each) with the lr dropped 10x at epochs 8 and 16 (the last,
-    # lr-0.001 stage is 4 epochs: it moves little and 24 epochs broke the 20-minute budget). L2 is raised to 5e-3 so that the first stage's
+    # lr-0.001 stage is 4 epochs: it moves little and 24 epochs broke the 20-minute budget).
+    # L2 is raised to 5e-3 so that the first stage's
     # lr * L2 * steps (0.1 * 5e-3 * 624 = 0.31) is close to the article's
     # (0.1 * 2e-4 * 19,500 = 0.39): weight decay still has time to control the conv norms.
     # BN momentum 0.015 keeps the article's moving-average window in epochs (0.003 at 390

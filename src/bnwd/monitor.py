@@ -169,7 +169,6 @@ class Monitor:
         self.sq = torch.cat([sq, self._member @ sq])
         self.init_sq = self.sq.clone()
         self._gsq = torch.zeros(self.P, **f64)    # ||grad||^2 of the step in flight
-        self._zeros: dict[int, torch.Tensor] = {}
         self.lrs = [_lr(g["lr"]) for g in optimizer.param_groups]
         self.init_lrs = list(self.lrs)
         self.step = 0
@@ -183,14 +182,8 @@ class Monitor:
     def _pre(self, opt, args, kwargs) -> None:
         with torch.no_grad():
             torch._foreach_copy_(self._before, [p.detach() for p in self.params])
-            grads = [p.grad.detach() if p.grad is not None else self._zero(i) for i, p in enumerate(self.params)]
-            self._gsq = self._sqnorms(grads)
-
-    def _zero(self, i: int) -> torch.Tensor:
-        z = self._zeros.get(i)
-        if z is None:
-            z = self._zeros[i] = torch.zeros((), dtype=self.params[i].dtype, device=self.device)
-        return z
+            # a parameter without grad is skipped by the optimizer (and masked in _post): norm 0
+            self._gsq = self._sqnorms([p.grad if p.grad is not None else p.new_zeros(()) for p in self.params])
 
     def _mask(self) -> torch.Tensor:
         """Device mask of the parameters the optimizer updated (grad not None), cached per pattern."""

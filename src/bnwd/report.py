@@ -307,8 +307,7 @@ def theory_by_stage(runs: list[Run]) -> list[dict]:
     sqrt(2 lr wd / (1 + mu)) for SGD+L2 (sqrt(2 lr wd (1 - b1) / (1 + b1)) for AdamW), its
     relaxation time (1 - mu) / (2 lr wd) steps (1 / (2 lr wd) for AdamW), and the measured mean
     over conv layers of ||dw|| / ||w|| (EMA), averaged over the last quarter of the stage (its end
-    point excluded), for
-    each variant that has conv L2 or emulates it; and, when the baseline logged its gradient scale
+    point excluded), for each variant that has conv L2 or emulates it; and, when the baseline logged its gradient scale
     (SGD) or always (AdamW), the baseline's conv sqsum over the same window against its equilibrium
     value (`bnwd.plots.equilibrium_sqsum`) as `sqsum` / `sqsum_eq`. Empty when the config has no
     weight decay."""
@@ -329,13 +328,15 @@ def theory_by_stage(runs: list[Run]) -> list[dict]:
         eq = theory.sgd_equilibrium(lr, lam, mu) if opt == "sgd" else theory.adamw_equilibrium(lr, lam, mu)
         row = {"stage": k + 1, "epochs": (lo, hi), "lr": lr, "steps": (hi - lo) * spe if math.isfinite(spe) else float("nan"),
                "steps_to_equilibrium": eq["steps_to_equilibrium"], "predicted": eq["relative_step"], "measured": {}}
+        # the last quarter of the stage; the sample exactly at a milestone can already carry the
+        # next stage's lr: leave it out
+        win = (hi - (hi - lo) / 4, hi - 1e-6)
         for v in THEORY_VARIANTS:
             if v in g:
-                # the sample exactly at a milestone can already carry the next stage's lr: leave it out
-                row["measured"][v] = _window(g[v], "rel_step_conv_ema", hi - (hi - lo) / 4, hi - 1e-6)
+                row["measured"][v] = _window(g[v], "rel_step_conv_ema", *win)
         if has_eq:  # the baseline's conv sqsum at the stage's end against where it would settle
-            row["sqsum"] = _window(g["baseline"], "conv_sqsum", hi - (hi - lo) / 4, hi - 1e-6)
-            row["sqsum_eq"] = _window(g["baseline"], EQ_KEY, hi - (hi - lo) / 4, hi - 1e-6)
+            row["sqsum"] = _window(g["baseline"], "conv_sqsum", *win)
+            row["sqsum_eq"] = _window(g["baseline"], EQ_KEY, *win)
         out.append(row)
     return out
 
