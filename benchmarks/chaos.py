@@ -11,6 +11,7 @@ chaotic, so float32 runs of baseline and lr_exact agree statistically, not point
 
     python benchmarks/chaos.py --data ../shared/data --dtype float64 --steps 41 [--control]
 """
+
 import argparse
 
 import torch
@@ -27,7 +28,7 @@ ap.add_argument("--control", action="store_true", help="baseline vs a 1e-13-pert
 args = ap.parse_args()
 dtype = getattr(torch, args.dtype)
 d = load_cifar10(args.data)
-xs, ys = d.train_x[:128 * 8], d.train_y[:128 * 8]
+xs, ys = d.train_x[: 128 * 8], d.train_y[: 128 * 8]
 
 
 def run(exact: bool, perturb: float = 0.0) -> list[torch.Tensor]:
@@ -54,4 +55,6 @@ a, b = (run(False), run(False, 1e-13)) if args.control else (run(False), run(Tru
 print(f"{args.dtype}, {'baseline vs perturbed baseline' if args.control else 'baseline vs WeightDecayAsLR'}")
 for t in (0, 1, 2, 5, 10, 20, 40, 80, 160, 320):
     if t < args.steps:
-        print(f"step {t:4d}: max |logit diff| / max |logit| = {((a[t] - b[t]).abs().max() / a[t].abs().max()).item():.2e}")
+        print(
+            f"step {t:4d}: max |logit diff| / max |logit| = {((a[t] - b[t]).abs().max() / a[t].abs().max()).item():.2e}"
+        )

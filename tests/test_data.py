@@ -17,8 +17,8 @@ import torch
 from bnwd import data as D
 from bnwd.errors import DataError
 
-
 # --------------------------------------------------------------------------- helpers
+
 
 def _replace_in(member, **fields):
     """transform for write_fake_cifar: replace fields of one batch dict."""
@@ -78,6 +78,7 @@ class _Hostile:
 
 
 # --------------------------------------------------------------------------- loading
+
 
 def test_load_archive_shapes_dtypes_counts(tmp_path):
     """A generated tar.gz loads to uint8 [N,3,32,32] images and int64 labels with the right counts."""
@@ -145,6 +146,7 @@ def test_cache_returns_same_tensors_until_file_changes(tmp_path):
 
 # --------------------------------------------------------------------------- hostile / broken files
 
+
 @pytest.mark.parametrize("kind", ["os.system", "eval"])
 def test_restricted_unpickler_refuses_code_without_running_it(tmp_path, kind):
     """A pickle calling os.system or eval is refused with DataError and its payload never runs."""
@@ -153,8 +155,7 @@ def test_restricted_unpickler_refuses_code_without_running_it(tmp_path, kind):
         payload = _Hostile(os.system, f"touch {marker}")
     else:
         payload = _Hostile(eval, f"open({str(marker)!r}, 'w').close()")
-    D.write_fake_cifar(tmp_path / "d", 20, 10,
-                       transform=lambda name, obj: payload if name == "data_batch_2" else obj)
+    D.write_fake_cifar(tmp_path / "d", 20, 10, transform=lambda name, obj: payload if name == "data_batch_2" else obj)
     with pytest.raises(DataError, match=r"data_batch_2: pickle refers to .*refusing to load"):
         D.load_cifar10(tmp_path / "d", download=False)
     assert not marker.exists()
@@ -187,11 +188,14 @@ def test_missing_batch_in_folder_is_named(tmp_path):
         D.load_cifar10(tmp_path / "b", download=False)
 
 
-@pytest.mark.parametrize("bad", [
-    lambda o: o[b"data"].reshape(-1, 1024)[: len(o[b"labels"])],
-    lambda o: o[b"data"].astype(np.float32),
-    lambda o: [1, 2, 3],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda o: o[b"data"].reshape(-1, 1024)[: len(o[b"labels"])],
+        lambda o: o[b"data"].astype(np.float32),
+        lambda o: [1, 2, 3],
+    ],
+)
 def test_wrong_data_shape_or_dtype(tmp_path, bad):
     """'data' that is not a uint8 (N, 3072) array gives a DataError naming the batch."""
     D.write_fake_cifar(tmp_path, 20, 10, transform=_replace_in("data_batch_1", data=bad))
@@ -201,21 +205,20 @@ def test_wrong_data_shape_or_dtype(tmp_path, bad):
 
 def test_labels_out_of_range(tmp_path):
     """A label of 10 gives a DataError naming the batch and the label."""
-    D.write_fake_cifar(tmp_path, 20, 10,
-                       transform=_replace_in("test_batch", labels=lambda o: [10] + o[b"labels"][1:]))
+    D.write_fake_cifar(tmp_path, 20, 10, transform=_replace_in("test_batch", labels=lambda o: [10] + o[b"labels"][1:]))
     with pytest.raises(DataError, match=r"test_batch: label 10 is outside 0..9"):
         D.load_cifar10(tmp_path, download=False)
 
 
 def test_label_count_mismatch(tmp_path):
     """Fewer labels than images gives a DataError naming the batch."""
-    D.write_fake_cifar(tmp_path, 20, 10,
-                       transform=_replace_in("data_batch_4", labels=lambda o: o[b"labels"][:-1]))
+    D.write_fake_cifar(tmp_path, 20, 10, transform=_replace_in("data_batch_4", labels=lambda o: o[b"labels"][:-1]))
     with pytest.raises(DataError, match=r"data_batch_4: 3 labels for 4 images"):
         D.load_cifar10(tmp_path, download=False)
 
 
 # --------------------------------------------------------------------------- safe_extract
+
 
 def _info(name, type_=tarfile.REGTYPE, linkname=""):
     i = tarfile.TarInfo(name)
@@ -224,14 +227,18 @@ def _info(name, type_=tarfile.REGTYPE, linkname=""):
     return i
 
 
-@pytest.mark.parametrize("member", [
-    (_info("../escape.txt"), b"x"),
-    (_info("cifar-10-batches-py/../../escape.txt"), b"x"),
-    (_info("/tmp/bnwd_abs_escape.txt"), b"x"),
-    (_info("cifar-10-batches-py/link", tarfile.SYMTYPE, "/etc/passwd"), None),
-    (_info("cifar-10-batches-py/hard", tarfile.LNKTYPE, "/etc/passwd"), None),
-    (_info("cifar-10-batches-py/dev", tarfile.CHRTYPE), None),
-], ids=["dotdot", "nested-dotdot", "absolute", "symlink", "hardlink", "device"])
+@pytest.mark.parametrize(
+    "member",
+    [
+        (_info("../escape.txt"), b"x"),
+        (_info("cifar-10-batches-py/../../escape.txt"), b"x"),
+        (_info("/tmp/bnwd_abs_escape.txt"), b"x"),
+        (_info("cifar-10-batches-py/link", tarfile.SYMTYPE, "/etc/passwd"), None),
+        (_info("cifar-10-batches-py/hard", tarfile.LNKTYPE, "/etc/passwd"), None),
+        (_info("cifar-10-batches-py/dev", tarfile.CHRTYPE), None),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink", "hardlink", "device"],
+)
 def test_safe_extract_refuses_dangerous_members(tmp_path, member):
     """Traversal, absolute paths, links and devices are refused with DataError naming the member."""
     archive = _tar_with(tmp_path / "evil.tar.gz", [(_info("ok.txt"), b"fine"), member])
@@ -245,8 +252,10 @@ def test_safe_extract_refuses_dangerous_members(tmp_path, member):
 
 # --------------------------------------------------------------------------- download
 
+
 def test_download_offline_says_where_to_put_archive(tmp_path, monkeypatch):
     """With no network, loading an empty folder raises DataError telling where to put the archive."""
+
     def offline(*a, **k):
         raise urllib.error.URLError("no route to host")
 
@@ -284,6 +293,7 @@ def test_download_success_is_checked_and_loaded(tmp_path, monkeypatch):
 
 def test_no_download_when_disabled(tmp_path, monkeypatch):
     """download=False on an empty non-default folder raises DataError without touching the network."""
+
     def boom(*a, **k):
         raise AssertionError("network used")
 
@@ -294,12 +304,13 @@ def test_no_download_when_disabled(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- augmentation
 
+
 def _naive_crop_flip(x, dx, dy, flip):
     out = []
     for i in range(x.shape[0]):
         p = np.zeros((3, 40, 40), dtype=np.uint8)
         p[:, 4:36, 4:36] = x[i].numpy()
-        w = p[:, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
+        w = p[:, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32]
         out.append(w[:, :, ::-1] if flip[i] else w)
     return torch.from_numpy(np.stack(out).copy())
 
@@ -331,8 +342,10 @@ def test_augment_outputs_are_exact_windows_of_padded_image():
     for i in range(4):
         found = [
             (dx, dy, f)
-            for dx in range(9) for dy in range(9) for f in (False, True)
-            if torch.equal(_naive_crop_flip(x[i:i + 1], [dx], [dy], [f])[0], y[i])
+            for dx in range(9)
+            for dy in range(9)
+            for f in (False, True)
+            if torch.equal(_naive_crop_flip(x[i : i + 1], [dx], [dy], [f])[0], y[i])
         ]
         assert len(found) == 1
 
@@ -366,6 +379,7 @@ def test_augment_same_seed_same_output():
 
 # --------------------------------------------------------------------------- standardization
 
+
 def test_standardize_zero_mean_unit_std():
     """Each standardized image has mean 0 and population std 1, as float32."""
     x = _rand_images(5, seed=7)
@@ -374,7 +388,9 @@ def test_standardize_zero_mean_unit_std():
     flat = s.reshape(5, -1).double()
     assert flat.mean(1).abs().max() < 1e-5
     assert (flat.std(1, correction=0) - 1).abs().max() < 1e-5
-    ref = (x.double() - x.double().mean((1, 2, 3), keepdim=True)) / x.double().std((1, 2, 3), correction=0, keepdim=True)
+    ref = (x.double() - x.double().mean((1, 2, 3), keepdim=True)) / x.double().std(
+        (1, 2, 3), correction=0, keepdim=True
+    )
     assert torch.allclose(s.double(), ref, atol=1e-5)
     assert torch.allclose(D.standardize(x.float()), s)
 
@@ -388,10 +404,11 @@ def test_standardize_constant_image_is_zero_not_nan():
     y = torch.zeros(1, 3, 32, 32)
     y[0, 0, 0, 0] = 0.001  # std ~ 1.8e-5, far below the floor 0.018
     t = D.standardize(y)
-    assert torch.allclose(t[0, 0, 0, 0], torch.tensor((0.001 - 0.001 / 3072) * 3072 ** 0.5), rtol=1e-4)
+    assert torch.allclose(t[0, 0, 0, 0], torch.tensor((0.001 - 0.001 / 3072) * 3072**0.5), rtol=1e-4)
 
 
 # --------------------------------------------------------------------------- batching
+
 
 @pytest.fixture
 def tiny(tmp_path):

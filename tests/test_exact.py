@@ -4,6 +4,7 @@ Float64, a conv-BN-ReLU-conv-BN-ReLU-GAP-Linear net, 4 fixed batches cycled, 300
 (lr 0.1, momentum 0.9) with a 10x MultiStepLR drop at step 150, L2 5e-3 on every group; the
 wrapped run moves the conv groups' L2 into the learning rate, the head keeps its L2.
 """
+
 import copy
 
 import numpy as np
@@ -24,9 +25,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def net(eps, bn_momentum=0.1):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, eps=eps, momentum=bn_momentum), nn.ReLU(),
-                         nn.Conv2d(4, 4, 3, bias=False), nn.BatchNorm2d(4, eps=eps, momentum=bn_momentum), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).double()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False),
+        nn.BatchNorm2d(4, eps=eps, momentum=bn_momentum),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, bias=False),
+        nn.BatchNorm2d(4, eps=eps, momentum=bn_momentum),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).double()
 
 
 def groups(m):
@@ -34,8 +43,10 @@ def groups(m):
 
 
 _g = torch.Generator().manual_seed(1)
-BATCHES = [(torch.randn(16, 3, 8, 8, generator=_g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=_g))
-           for _ in range(4)]
+BATCHES = [
+    (torch.randn(16, 3, 8, 8, generator=_g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=_g))
+    for _ in range(4)
+]
 XS = torch.cat([x for x, _ in BATCHES])
 
 
@@ -77,8 +88,13 @@ def pair(eps, sched_on="wrapper", **kw):
     rb, rt, eb, et = [], [], [], []
     train(base, ob, sb, 0, STEPS, rb, eb)
     train(tr, wrap, st, 0, STEPS, rt, et)
-    return base, tr, wrap, (torch.stack(rb) - torch.stack(rt)).abs().max().item(), \
-        (torch.stack(eb) - torch.stack(et)).abs().max().item()
+    return (
+        base,
+        tr,
+        wrap,
+        (torch.stack(rb) - torch.stack(rt)).abs().max().item(),
+        (torch.stack(eb) - torch.stack(et)).abs().max().item(),
+    )
 
 
 def test_train_logits_match_with_tiny_eps():
@@ -94,7 +110,7 @@ def test_train_logits_match_with_tiny_eps():
         assert torch.allclose(tr[i].weight * s, base[i].weight, rtol=1e-8, atol=1e-12)
     # lr in the groups is the scheduler's lr_t (not lr~_t) between steps; the head kept its L2
     assert all(g["lr"] == pytest.approx(LR / 10) for g in wrap.param_groups)
-    conv, = [g for g in wrap.param_groups if g["name"] == "conv"]
+    (conv,) = [g for g in wrap.param_groups if g["name"] == "conv"]
     assert conv["weight_decay"] == 0 and conv["wd_as_lr"] == WD and conv["wd_step"] == STEPS
     assert all(g["weight_decay"] == WD for g in wrap.param_groups if g["name"] != "conv")
 
@@ -161,13 +177,17 @@ def test_decay_scales_matches_zero_gradient_sgd_recursion_and_wrapper():
     assert s0[2] == s0[1] and np.all(np.isfinite(s0))
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: torch.optim.Adam(p),
-    lambda p: torch.optim.AdamW(p),
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1),
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, maximize=True),
-], ids=["adam", "adamw", "nesterov", "dampening", "maximize"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: torch.optim.Adam(p),
+        lambda p: torch.optim.AdamW(p),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, maximize=True),
+    ],
+    ids=["adam", "adamw", "nesterov", "dampening", "maximize"],
+)
 def test_refuses_other_optimizers(make):
     m = net(1e-5)
     with pytest.raises(ConfigError):
@@ -180,6 +200,7 @@ def test_misuse_refused():
         WeightDecayAsLR(torch.optim.SGD(groups(m), lr=0.1, momentum=0.9), ["nope"])
     with pytest.raises(ConfigError, match="model"):
         WeightDecayAsLR(torch.optim.SGD(groups(m), lr=0.1, momentum=0.9), ["conv"], rescale_bn_eps=True)
+
     # a conv whose output is added to its input before BN is not scale-invariant
     class Skip(nn.Module):
         def __init__(self):
@@ -188,10 +209,12 @@ def test_misuse_refused():
 
         def forward(self, x):
             return self.bn(x + self.conv(x))
+
     s = Skip()
     with pytest.raises(ConfigError, match="not scale-invariant"):
-        WeightDecayAsLR(torch.optim.SGD(param_groups(s, WD), lr=0.1, momentum=0.9), ["conv"], model=s,
-                        rescale_bn_eps=True)
+        WeightDecayAsLR(
+            torch.optim.SGD(param_groups(s, WD), lr=0.1, momentum=0.9), ["conv"], model=s, rescale_bn_eps=True
+        )
 
 
 def test_following_norms_on_resnet():

@@ -1,10 +1,10 @@
 """`bnwd reproduce --preset smoke` and `bnwd plot`: every output file, every figure with data."""
+
 import csv
 import json
 
-import pytest
-
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
@@ -14,13 +14,35 @@ from bnwd.plots import figures, load_runs
 
 def test_reproduce_smoke_writes_everything(tmp_path, fake_data_dir, capsys):
     out = tmp_path / "rep"
-    rc = main(["reproduce", "--preset", "smoke", "--data", str(fake_data_dir), "--out", str(out), "--no-progress",
-               "--exact", "train_subset=0", "test_subset=0"])
+    rc = main(
+        [
+            "reproduce",
+            "--preset",
+            "smoke",
+            "--data",
+            str(fake_data_dir),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--exact",
+            "train_subset=0",
+            "test_subset=0",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert runs == ["baseline-s0", "lr_exact-s0", "lr_scaled-s0", "lr_scaled_bn098-s0", "no_conv_l2-s0"]
-    names = {"test_acc_1", "test_acc_2", "test_acc_3", "conv_sqsum", "conv_sqsum_log", "rel_step_1", "rel_step_2",
-             "lr_factor", "train_loss"}
+    names = {
+        "test_acc_1",
+        "test_acc_2",
+        "test_acc_3",
+        "conv_sqsum",
+        "conv_sqsum_log",
+        "rel_step_1",
+        "rel_step_2",
+        "lr_factor",
+        "train_loss",
+    }
     for n in names:
         assert (out / "figures" / f"{n}.png").stat().st_size > 1000
         assert (out / "figures" / f"{n}.svg").exists()
@@ -41,8 +63,24 @@ def test_reproduce_smoke_writes_everything(tmp_path, fake_data_dir, capsys):
     assert abs(b[-1]["train_loss"] - e[-1]["train_loss"]) < 1e-3
 
     # a second call skips finished runs; plot redraws from run dirs
-    assert main(["reproduce", "--preset", "smoke", "--data", str(fake_data_dir), "--out", str(out), "--no-progress",
-                 "--exact", "train_subset=0", "test_subset=0"]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "--preset",
+                "smoke",
+                "--data",
+                str(fake_data_dir),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--exact",
+                "train_subset=0",
+                "test_subset=0",
+            ]
+        )
+        == 0
+    )
     assert main(["plot", str(out / "runs"), "--out", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "figures" / "rel_step_2.png").exists()
 
@@ -56,20 +94,44 @@ def test_adamw_runs(tmp_path, fake_data):
     """optimizer=adamw trains the lr_scaled variant (conv lr scaled by sqrt(S/S_ref): eff lr ~ lr/||w||)."""
     from bnwd.config import make_config
     from bnwd.train import train
+
     base = tmp_path / "b"
     kw = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "train_subset": 0, "test_subset": 0}
     train(make_config("smoke", kw), base, dataset=fake_data, progress=False)
-    s = train(make_config("smoke", {**kw, "variant": "lr_scaled", "reference": str(base)}), tmp_path / "s",
-              dataset=fake_data, progress=False)
+    s = train(
+        make_config("smoke", {**kw, "variant": "lr_scaled", "reference": str(base)}),
+        tmp_path / "s",
+        dataset=fake_data,
+        progress=False,
+    )
     assert s["finished"]
 
 
-def test_bench_reports_each_layout(tmp_path):
-    """`bnwd bench` times a plain and a channels_last step on CPU and writes img/s = batch / (s/step)."""
+def test_bench_times_plain_only_on_cpu_by_default(tmp_path, capsys):
+    """On CPU the default bench times NCHW only (channels_last backward hangs on some x86 CPUs),
+    announces each configuration before timing it, and reports img/s = batch / (s/step)."""
     from bnwd.bench import bench
+
     res = bench(device="cpu", batch_size=8, steps=2, width=4, json_path=str(tmp_path / "b.json"))
-    assert set(res) >= {"plain", "channels_last"}
-    for name in ("plain", "channels_last"):
-        r = res[name]
-        assert r["img_per_s"] == pytest.approx(8 / (r["ms_per_step"] / 1e3))
+    assert "plain" in res and "channels_last" not in res
+    r = res["plain"]
+    assert r["img_per_s"] == pytest.approx(8 / (r["ms_per_step"] / 1e3))
     assert json.loads((tmp_path / "b.json").read_text())["batch_size"] == 8
+    err = capsys.readouterr().err
+    assert "timing plain (2 steps of batch 8)" in err and "timing plain + monitor" in err
+
+
+def test_bench_rejects_unknown_layout(capsys):
+    assert main(["bench", "--device", "cpu", "--layouts", "plain,nhwc"]) == 2
+    assert "--layouts" in capsys.readouterr().err
+
+
+def test_bench_watchdog_names_the_stuck_configuration(capsys):
+    """A configuration that outlives the watchdog gets one line on stderr naming it."""
+    import time
+
+    from bnwd.bench import Watchdog
+
+    with Watchdog("channels_last", 0.05, "hint text"):
+        time.sleep(0.3)
+    assert "still timing channels_last after 0 s; hint text" in capsys.readouterr().err

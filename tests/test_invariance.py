@@ -1,13 +1,20 @@
 """Numerical scale-invariance detection: what is true, case by case (see bnwd.invariance)."""
+
 import pytest
 import torch
 import torch.nn as nn
 
 from bnwd.errors import ConfigError
-from bnwd.invariance import (InvarianceResult, audit, find_scale_invariant, format_audit, invariance_report,
-                             joint_invariance, load_factory)
+from bnwd.invariance import (
+    InvarianceResult,
+    audit,
+    find_scale_invariant,
+    format_audit,
+    invariance_report,
+    joint_invariance,
+    load_factory,
+)
 from bnwd.models import resnet20
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +31,9 @@ def seq(*layers):
 def test_conv_relu_bn_is_invariant_for_positive_c_only():
     """conv -> ReLU -> BN: ReLU is positively homogeneous, so the kernel is invariant for c > 0
     (dropout after BN does not confuse it: the masks are the same at every call)."""
-    m = seq(nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(), nn.BatchNorm2d(4), nn.Dropout(0.3), nn.Flatten(), nn.Linear(64, 2))
+    m = seq(
+        nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(), nn.BatchNorm2d(4), nn.Dropout(0.3), nn.Flatten(), nn.Linear(64, 2)
+    )
     r = invariance_report(m, img())
     assert r["0.weight"].invariant, r["0.weight"].reason
     assert r["0.weight"].max_rel_change < 1e-9 and abs(r["0.weight"].cos_grad_w) < 1e-9
@@ -90,8 +99,13 @@ def test_bn_affine_feeding_conv_and_bn():
     why the test point is jittered)."""
     x = img(8, 3, 6)
     for pad in (0, 1):
-        m = seq(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=pad, bias=False), nn.BatchNorm2d(4), nn.Flatten(),
-                nn.Linear(4 * (4 + 2 * pad) ** 2, 2))
+        m = seq(
+            nn.BatchNorm2d(3),
+            nn.Conv2d(3, 4, 3, padding=pad, bias=False),
+            nn.BatchNorm2d(4),
+            nn.Flatten(),
+            nn.Linear(4 * (4 + 2 * pad) ** 2, 2),
+        )
         r = invariance_report(m, x)
         assert r["1.weight"].invariant
         if pad == 0:
@@ -101,8 +115,9 @@ def test_bn_affine_feeding_conv_and_bn():
         else:
             assert not r["0.weight"].invariant and not r["0.bias"].invariant
         assert joint_invariance(m, x, ["0.weight", "0.bias"]).invariant
-    m = seq(nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Flatten(),
-            nn.Linear(64, 2))
+    m = seq(
+        nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 2)
+    )
     r = invariance_report(m, x)
     assert not r["0.weight"].invariant and not r["0.bias"].invariant and r["2.weight"].invariant
     assert joint_invariance(m, x, ["0.weight", "0.bias"]).invariant
@@ -152,8 +167,13 @@ def test_load_factory():
     assert sum(isinstance(x, nn.Conv2d) for x in load_factory("resnet8")().modules()) == 10
     assert isinstance(load_factory("torch.nn:Identity")(), nn.Identity)
     assert isinstance(load_factory("bnwd.models:resnet20")(), nn.Module)
-    for bad, msg in [("nosuchmodel", "unknown model"), ("resnet21", "6n\\+2"), ("no_such_pkg.mod:f", "cannot import"),
-                     ("bnwd.models:nope", "no attribute"), ("bnwd.models:", "must look like")]:
+    for bad, msg in [
+        ("nosuchmodel", "unknown model"),
+        ("resnet21", "6n\\+2"),
+        ("no_such_pkg.mod:f", "cannot import"),
+        ("bnwd.models:nope", "no attribute"),
+        ("bnwd.models:", "must look like"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             load_factory(bad)
     with pytest.raises(ConfigError, match="not a torch.nn.Module"):

@@ -11,7 +11,11 @@ def test_resnet20_structure():
     assert all(c.bias is None for c in convs)
     assert sum(c.out_channels for c in convs) == 800
     projs = [c for c in convs if c.kernel_size == (1, 1)]
-    assert [(p.in_channels, p.out_channels, p.stride) for p in projs] == [(16, 16, (1, 1)), (16, 32, (2, 2)), (32, 64, (2, 2))]
+    assert [(p.in_channels, p.out_channels, p.stride) for p in projs] == [
+        (16, 16, (1, 1)),
+        (16, 32, (2, 2)),
+        (32, 64, (2, 2)),
+    ]
     assert (m.fc.in_features, m.fc.out_features) == (64, 10)
     assert torch.count_nonzero(m.fc.bias) == 0
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -1,4 +1,5 @@
 """Monitor: hand-computed norms, steps, angles, effective lr; windows, EMA, hooks, state."""
+
 import math
 
 import pytest
@@ -25,8 +26,10 @@ def setup(opt_cls=torch.optim.SGD, dtype=torch.float64, **kw):
     torch.manual_seed(0)
     m = Tiny().to(dtype)
     rest = [(n, p) for n, p in m.named_parameters() if n != "conv.weight"]
-    groups = [{"name": "conv", "params": [m.conv.weight], "param_names": ["conv.weight"]},
-              {"name": "rest", "params": [p for _, p in rest], "param_names": [n for n, _ in rest]}]
+    groups = [
+        {"name": "conv", "params": [m.conv.weight], "param_names": ["conv.weight"]},
+        {"name": "rest", "params": [p for _, p in rest], "param_names": [n for n, _ in rest]},
+    ]
     return m, opt_cls(groups, **kw)
 
 
@@ -66,8 +69,14 @@ def test_hand_computed_single_step():
     assert r["conv_sqsum"] == pytest.approx(sq1, rel=1e-13)
     assert r["conv_sqsum_rel"] == pytest.approx(sq1 / w0.pow(2).sum().item(), rel=1e-13)
     rel = ((w1 - w0).norm() / w0.norm()).item()
-    for k in ("rel_step/conv/conv.weight", "rel_step_last/conv/conv.weight", "rel_step_ema/conv/conv.weight",
-              "rel_step_conv", "rel_step_conv_ema", "rel_step/group/conv"):
+    for k in (
+        "rel_step/conv/conv.weight",
+        "rel_step_last/conv/conv.weight",
+        "rel_step_ema/conv/conv.weight",
+        "rel_step_conv",
+        "rel_step_conv_ema",
+        "rel_step/group/conv",
+    ):
         assert r[k] == pytest.approx(rel, rel=1e-10), k
     for k in ("angle/conv/conv.weight", "angle_conv", "angle_conv_ema", "angle/group/conv"):
         assert r[k] == pytest.approx(angle(w0, w1), rel=1e-9), k
@@ -78,7 +87,9 @@ def test_hand_computed_single_step():
     names = [n for n in before if n != "conv.weight"]
     assert math.isnan(r["rel_step/rest/bn.bias"])  # zero-initialised: no relative step defined
     for n in (n for n in names if n != "bn.bias"):
-        assert r[f"rel_step/rest/{n}"] == pytest.approx(((after[n] - before[n]).norm() / before[n].norm()).item(), rel=1e-10)
+        assert r[f"rel_step/rest/{n}"] == pytest.approx(
+            ((after[n] - before[n]).norm() / before[n].norm()).item(), rel=1e-10
+        )
         assert r[f"angle/rest/{n}"] == pytest.approx(angle(before[n], after[n]), rel=1e-9)
     cb, ca = (torch.cat([d[n].reshape(-1) for n in names]) for d in (before, after))
     assert r["sqnorm/group/rest"] == pytest.approx(ca.pow(2).sum().item(), rel=1e-13)
@@ -148,8 +159,8 @@ def test_window_mean_ema_last_and_ready():
             ema = 0.0
             for v in rels:
                 ema = d * ema + (1 - d) * v
-            assert r["rel_step_conv_ema"] == pytest.approx(ema / (1 - d ** n), rel=1e-10)
-            assert r["rel_step_ema/conv/conv.weight"] == pytest.approx(ema / (1 - d ** n), rel=1e-10)
+            assert r["rel_step_conv_ema"] == pytest.approx(ema / (1 - d**n), rel=1e-10)
+            assert r["rel_step_ema/conv/conv.weight"] == pytest.approx(ema / (1 - d**n), rel=1e-10)
     assert readies == [False, False, False, True] * 2
     assert mon.step == 8
 
@@ -165,8 +176,14 @@ def test_monitor_only_reads():
             one_step(m, opt, i)
             if mon and mon.ready:
                 mon.sample()
-        runs.append((snap(m), [p.grad.clone() for p in m.parameters()],
-                     [opt.state[p]["momentum_buffer"].clone() for p in m.parameters()], torch.rand(3)))
+        runs.append(
+            (
+                snap(m),
+                [p.grad.clone() for p in m.parameters()],
+                [opt.state[p]["momentum_buffer"].clone() for p in m.parameters()],
+                torch.rand(3),
+            )
+        )
     (w_a, g_a, s_a, r_a), (w_b, g_b, s_b, r_b) = runs
     assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
     assert all(torch.equal(a, b) for a, b in zip(g_a + s_a, g_b + s_b))
@@ -188,6 +205,7 @@ def test_remove_and_context_manager_detach():
 
 def test_state_dict_round_trip_continues_identically():
     """Saving model, optimizer and monitor mid-window and resuming gives the same samples."""
+
     def run(split=None):
         m, opt = setup(lr=0.1, momentum=0.9, weight_decay=1e-3)
         mon = Monitor(m, opt, sample_every=3, halflife=2)
@@ -276,13 +294,40 @@ def test_names_groups_and_layers_option():
     one_step(m, opt, 0)
     for lay, mon in mons.items():
         keys[lay] = set(mon.sample())
-    assert mons["auto"].keys == ["group0/conv.weight", "group0/bn.weight", "group0/bn.bias",
-                                 "group0/fc.weight", "group0/fc.bias"]
+    assert mons["auto"].keys == [
+        "group0/conv.weight",
+        "group0/bn.weight",
+        "group0/bn.bias",
+        "group0/fc.weight",
+        "group0/fc.bias",
+    ]
     assert mons["auto"].is_conv == [True, False, False, False, False]
-    agg = {"step", "conv_sqsum", "conv_sqsum_rel", "rel_step_conv", "rel_step_conv_last", "rel_step_conv_ema",
-           "angle_conv", "angle_conv_last", "angle_conv_ema", "eff_lr_conv", "eff_lr_rel_conv"}
-    metrics = ("sqnorm", "rel_step", "rel_step_last", "rel_step_ema", "angle", "angle_last", "angle_ema",
-               "eff_lr", "eff_lr_rel", "grad_sq_unit", "grad_sq_unit_ema")
+    agg = {
+        "step",
+        "conv_sqsum",
+        "conv_sqsum_rel",
+        "rel_step_conv",
+        "rel_step_conv_last",
+        "rel_step_conv_ema",
+        "angle_conv",
+        "angle_conv_last",
+        "angle_conv_ema",
+        "eff_lr_conv",
+        "eff_lr_rel_conv",
+    }
+    metrics = (
+        "sqnorm",
+        "rel_step",
+        "rel_step_last",
+        "rel_step_ema",
+        "angle",
+        "angle_last",
+        "angle_ema",
+        "eff_lr",
+        "eff_lr_rel",
+        "grad_sq_unit",
+        "grad_sq_unit_ema",
+    )
     conv = {f"{k}/group0/conv.weight" for k in metrics}
     group = {f"{k}/group/group0" for k in metrics}
     assert keys["conv"] == agg | conv

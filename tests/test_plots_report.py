@@ -1,4 +1,5 @@
 """Figures, summary and report from synthetic run directories (no training)."""
+
 import csv
 import json
 import math
@@ -8,8 +9,18 @@ import numpy as np
 import pytest
 
 from bnwd.errors import BnwdError
-from bnwd.plots import (FIGURES, aggregate, by_variant, equilibrium_angular_update, figures, load_run, load_runs,
-                        plot_all, plot_rel_step, plot_test_acc)
+from bnwd.plots import (
+    FIGURES,
+    aggregate,
+    by_variant,
+    equilibrium_angular_update,
+    figures,
+    load_run,
+    load_runs,
+    plot_all,
+    plot_rel_step,
+    plot_test_acc,
+)
 from bnwd.report import claims, summarize, theory_by_stage, write_report, write_summary
 
 VARIANTS = ["baseline", "no_conv_l2", "lr_scaled", "lr_scaled_bn098", "lr_exact"]
@@ -34,16 +45,45 @@ BAD = {
 }
 
 
-def make_run(root, variant, seed, prof, epochs=12.0, milestones=(4.0, 8.0), spe=20, noise=0.001, finished=True,
-             sample_every=5, wd=5e-3, lr0=0.1, optimizer="sgd"):
+def make_run(
+    root,
+    variant,
+    seed,
+    prof,
+    epochs=12.0,
+    milestones=(4.0, 8.0),
+    spe=20,
+    noise=0.001,
+    finished=True,
+    sample_every=5,
+    wd=5e-3,
+    lr0=0.1,
+    optimizer="sgd",
+):
     """A run directory with plausible curves: samples every `sample_every` steps, evaluations every epoch."""
     rng = np.random.default_rng(1000 * seed + VARIANTS.index(variant) if variant in VARIANTS else seed)
     d = root / f"{variant}-s{seed}"
     d.mkdir(parents=True)
-    cfg = {"variant": variant, "seed": seed, "preset": "cpu", "epochs": epochs, "batch_size": 128, "lr": lr0,
-           "lr_milestones": list(milestones), "lr_gamma": 0.1, "momentum": 0.9, "weight_decay": wd,
-           "optimizer": optimizer, "lr_scaling": "reference", "width": 8, "depth": 20, "train_subset": 10000,
-           "test_subset": 2000, "bn_momentum": 0.015, "steps_per_epoch": spe}
+    cfg = {
+        "variant": variant,
+        "seed": seed,
+        "preset": "cpu",
+        "epochs": epochs,
+        "batch_size": 128,
+        "lr": lr0,
+        "lr_milestones": list(milestones),
+        "lr_gamma": 0.1,
+        "momentum": 0.9,
+        "weight_decay": wd,
+        "optimizer": optimizer,
+        "lr_scaling": "reference",
+        "width": 8,
+        "depth": 20,
+        "train_subset": 10000,
+        "test_subset": 2000,
+        "bn_momentum": 0.015,
+        "steps_per_epoch": spe,
+    }
     (d / "config.json").write_text(json.dumps(cfg))
     total = int(epochs * spe)
     s0 = 800.0
@@ -52,16 +92,28 @@ def make_run(root, variant, seed, prof, epochs=12.0, milestones=(4.0, 8.0), spe=
         e = step / spe
         u = e / epochs
         stage = sum(e >= m for m in milestones)
-        lr = lr0 * 0.1 ** stage
+        lr = lr0 * 0.1**stage
         in1 = e < milestones[0]
-        acc = (prof["acc1"] * min(1, e / 2) if in1 else prof["acc"] - 0.01 * (len(milestones) - stage)) + noise * rng.normal()
+        acc = (
+            prof["acc1"] * min(1, e / 2) if in1 else prof["acc"] - 0.01 * (len(milestones) - stage)
+        ) + noise * rng.normal()
         sq = s0 * prof["sq"] ** u * (1 + noise * rng.normal())
         eq = math.sqrt(2 * lr * wd / 1.9)
         rel = eq * prof["rel"] * (1 + 0.5 * math.exp(-e)) * (1 + noise * rng.normal())
         train = prof["train"] + 2.0 * math.exp(-e / 2) + noise * rng.normal()
-        row = {"step": step, "epoch": e, "lr": lr, "lr_factor": (sq / s0 / 0.8 ** u) if variant.startswith("lr_") else 1.0,
-               "train_loss": train, "train_acc": 1 - train / 3, "conv_sqsum": sq, "rel_step_conv": rel * 1.01,
-               "rel_step_conv_ema": rel, "angle_conv": rel, "eff_lr_conv": lr / sq}
+        row = {
+            "step": step,
+            "epoch": e,
+            "lr": lr,
+            "lr_factor": (sq / s0 / 0.8**u) if variant.startswith("lr_") else 1.0,
+            "train_loss": train,
+            "train_acc": 1 - train / 3,
+            "conv_sqsum": sq,
+            "rel_step_conv": rel * 1.01,
+            "rel_step_conv_ema": rel,
+            "angle_conv": rel,
+            "eff_lr_conv": lr / sq,
+        }
         for k, name in enumerate(LAYERS):
             row[f"sqnorm/conv/{name}"] = sq / (2 + k)
         if step % spe == 0:
@@ -72,10 +124,21 @@ def make_run(root, variant, seed, prof, epochs=12.0, milestones=(4.0, 8.0), spe=
         for r in rows:
             f.write(json.dumps(r) + "\n")
     last = rows[-1]
-    summ = {"variant": variant, "seed": seed, "steps": total, "epochs": epochs, "final_test_acc": last["test_acc"],
-            "final_test_loss": last["test_loss"], "final_train_loss": last["train_loss"],
-            "final_train_acc": last["train_acc"], "final_conv_sqsum": last["conv_sqsum"], "initial_conv_sqsum": s0,
-            "wall_s": 100.0 + seed, "images_per_s": 1000.0, "finished": finished}
+    summ = {
+        "variant": variant,
+        "seed": seed,
+        "steps": total,
+        "epochs": epochs,
+        "final_test_acc": last["test_acc"],
+        "final_test_loss": last["test_loss"],
+        "final_train_loss": last["train_loss"],
+        "final_train_acc": last["train_acc"],
+        "final_conv_sqsum": last["conv_sqsum"],
+        "initial_conv_sqsum": s0,
+        "wall_s": 100.0 + seed,
+        "images_per_s": 1000.0,
+        "finished": finished,
+    }
     (d / "summary.json").write_text(json.dumps(summ))
     return d
 
@@ -90,6 +153,7 @@ def data_lines(ax):
 
 
 # ---------------------------------------------------------------- loading
+
 
 def test_load_run_arrays_and_errors(tmp_path):
     d = make_run(tmp_path, "baseline", 0, GOOD["baseline"])
@@ -149,6 +213,7 @@ def test_aggregate_mean_std_and_interpolation(tmp_path):
 
 # ---------------------------------------------------------------- figures
 
+
 def test_plot_all_writes_every_figure_with_data(tmp_path):
     runs = make_runs(tmp_path / "runs")
     out = tmp_path / "figs"
@@ -169,8 +234,10 @@ def test_plot_all_writes_every_figure_with_data(tmp_path):
     assert "equilibrium prediction (SGD+L2)" in labels(figs["rel_step_1"])
     assert figs["rel_step_2"].axes[0].get_yscale() == "log"
     assert len(figs["exact"].axes) == 3
-    assert all(labels_of == ["baseline (2 seeds)", "lr_exact (2 seeds)"]
-               for labels_of in ([ln.get_label() for ln in data_lines(ax)] for ax in figs["exact"].axes))
+    assert all(
+        labels_of == ["baseline (2 seeds)", "lr_exact (2 seeds)"]
+        for labels_of in ([ln.get_label() for ln in data_lines(ax)] for ax in figs["exact"].axes)
+    )
     without_exact = [r for r in runs if r.variant != "lr_exact"]
     assert figures(without_exact)["exact"] is None
     assert figs["conv_sqsum"].axes[0].get_yscale() == "linear"
@@ -188,7 +255,9 @@ def test_plot_all_writes_every_figure_with_data(tmp_path):
     # the lr factor figure: lr-scaled runs on top, the baseline's S(t)/S(0) and the article's fit below
     assert len(figs["lr_factor"].axes) == 2
     assert any("article" in ln.get_label() for ln in data_lines(figs["lr_factor"].axes[1]))
-    assert not any(ln.get_label().startswith("equilibrium") for ln in data_lines(plot_rel_step(runs, theory=False).axes[0]))
+    assert not any(
+        ln.get_label().startswith("equilibrium") for ln in data_lines(plot_rel_step(runs, theory=False).axes[0])
+    )
 
 
 def test_figures_with_some_variants_only(tmp_path):
@@ -200,7 +269,14 @@ def test_figures_with_some_variants_only(tmp_path):
         assert data_lines(figs[name].axes[0]), name
     assert len(figs["lr_factor"].axes) == 1  # no baseline: no S(t)/S(0) panel
     paths = plot_all(runs, tmp_path / "f")
-    assert {p.stem for p in paths} == {"test_acc_2", "test_acc_3", "conv_sqsum_log", "rel_step_2", "lr_factor", "train_loss"}
+    assert {p.stem for p in paths} == {
+        "test_acc_2",
+        "test_acc_3",
+        "conv_sqsum_log",
+        "rel_step_2",
+        "lr_factor",
+        "train_loss",
+    }
     assert plot_test_acc(runs, ["baseline"]) is None
     with pytest.raises(BnwdError):
         plot_all([], tmp_path / "g")
@@ -217,15 +293,27 @@ def test_equilibrium_prediction():
 
 # ---------------------------------------------------------------- summary and claims
 
+
 def test_summarize_known_numbers(tmp_path):
     runs = make_runs(tmp_path, variants=["baseline", "no_conv_l2"], seeds=(0, 1, 2))
-    for r, (acc, tr, te) in zip(runs, [(0.90, 0.1, 0.3), (0.91, 0.2, 0.5), (0.92, 0.3, 0.4),
-                                       (0.80, 0.5, 0.5), (0.80, 0.5, 0.5), (0.86, 0.5, 1.1)]):
+    for r, (acc, tr, te) in zip(
+        runs,
+        [(0.90, 0.1, 0.3), (0.91, 0.2, 0.5), (0.92, 0.3, 0.4), (0.80, 0.5, 0.5), (0.80, 0.5, 0.5), (0.86, 0.5, 1.1)],
+    ):
         r.summary.update(final_test_acc=acc, final_train_loss=tr, final_test_loss=te)
     rows, stats = summarize(runs)
     assert len(rows) == 6 and rows[0]["gap"] == pytest.approx(0.2)
-    assert set(rows[0]) == {"variant", "seed", "final_test_acc", "final_train_loss", "final_test_loss", "gap",
-                            "final_conv_sqsum", "epochs", "wall_s"}
+    assert set(rows[0]) == {
+        "variant",
+        "seed",
+        "final_test_acc",
+        "final_train_loss",
+        "final_test_loss",
+        "gap",
+        "final_conv_sqsum",
+        "epochs",
+        "wall_s",
+    }
     b = stats["baseline"]
     assert b["n"] == 3
     assert b["final_test_acc"]["mean"] == pytest.approx(0.91) and b["final_test_acc"]["std"] == pytest.approx(0.01)
@@ -241,7 +329,9 @@ def test_summarize_known_numbers(tmp_path):
     assert [r["kind"] for r in rows_csv] == ["run"] * 6 + ["mean", "std"] * 2
     mean_b = [r for r in rows_csv if r["kind"] == "mean" and r["variant"] == "baseline"][0]
     assert float(mean_b["final_test_acc"]) == pytest.approx(0.91) and mean_b["n"] == "3"
-    assert float([r for r in rows_csv if r["kind"] == "std" and r["variant"] == "baseline"][0]["final_test_acc"]) == pytest.approx(0.01)
+    assert float(
+        [r for r in rows_csv if r["kind"] == "std" and r["variant"] == "baseline"][0]["final_test_acc"]
+    ) == pytest.approx(0.01)
     js = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(js["runs"]) == 6 and js["variants"]["baseline"]["final_test_acc"]["mean"] == pytest.approx(0.91)
 
@@ -284,7 +374,11 @@ def test_report(tmp_path):
     for name in FIGURES:
         assert f"(figures/{name}.png)" in text
     assert "claims" in text and text.count("✔") >= 10
-    assert "width = 8" in text and "12 epochs instead of 150" in text and "training images: 10000 (article: all 50,000)" in text
+    assert (
+        "width = 8" in text
+        and "12 epochs instead of 150" in text
+        and "training images: 10000 (article: all 50,000)" in text
+    )
     assert "Synthetic data." in text and "Preset `cpu`" in text
     assert "## Theory next to measurement" in text and "| 1 | 0-4 | 0.1 | 80 | 100 | 0.02294 |" in text
 
@@ -309,18 +403,34 @@ def test_equilibrium_sqsum_from_measured_gradient_scale(tmp_path):
     grad_sq_unit_ema; the conv sum adds the layers. A run without those metrics, or not a baseline,
     gets no line."""
     from bnwd.plots import Run, equilibrium_sqsum
+
     cfg = {"variant": "baseline", "weight_decay": 5e-3, "momentum": 0.9, "optimizer": "sgd"}
-    rows = [{"epoch": 1.0, "step": 10, "lr": 0.1, "grad_sq_unit_ema/conv/a.weight": 2.0,
-             "grad_sq_unit_ema/conv/b.weight": 8.0},
-            {"epoch": 2.0, "step": 20, "lr": 0.01, "grad_sq_unit_ema/conv/a.weight": 2.0,
-             "grad_sq_unit_ema/conv/b.weight": 8.0}]
+    rows = [
+        {
+            "epoch": 1.0,
+            "step": 10,
+            "lr": 0.1,
+            "grad_sq_unit_ema/conv/a.weight": 2.0,
+            "grad_sq_unit_ema/conv/b.weight": 8.0,
+        },
+        {
+            "epoch": 2.0,
+            "step": 20,
+            "lr": 0.01,
+            "grad_sq_unit_ema/conv/a.weight": 2.0,
+            "grad_sq_unit_ema/conv/b.weight": 8.0,
+        },
+    ]
     eq = equilibrium_sqsum(Run(tmp_path, cfg, rows, {}))
     for got, lr in zip(eq, (0.1, 0.01)):
-        one = lambda L: math.sqrt(L * lr / (5e-3 * 0.1 * (2 - 5e-3 * lr / 1.9)))  # noqa: E731
+        one = lambda L, lr=lr: math.sqrt(L * lr / (5e-3 * 0.1 * (2 - 5e-3 * lr / 1.9)))
         assert got == pytest.approx(one(2.0) + one(8.0), rel=1e-12)
     assert eq[0] / eq[1] == pytest.approx(math.sqrt(10), rel=1e-4)  # ||w*||^2 goes as sqrt(lr)
     assert equilibrium_sqsum(Run(tmp_path, {**cfg, "variant": "no_conv_l2"}, rows, {})) is None
-    assert equilibrium_sqsum(Run(tmp_path, cfg, [{k: v for k, v in r.items() if "grad" not in k} for r in rows], {})) is None
+    assert (
+        equilibrium_sqsum(Run(tmp_path, cfg, [{k: v for k, v in r.items() if "grad" not in k} for r in rows], {}))
+        is None
+    )
 
 
 def test_equilibrium_sqsum_adamw_needs_no_gradient_scale(tmp_path):
@@ -328,6 +438,7 @@ def test_equilibrium_sqsum_adamw_needs_no_gradient_scale(tmp_path):
     width 4 here): the sum over conv kernels is lr * (number of conv weights) / (2 wd)."""
     from bnwd.models import resnet
     from bnwd.plots import Run, equilibrium_sqsum
+
     cfg = {"variant": "baseline", "weight_decay": 0.05, "momentum": 0.9, "optimizer": "adamw", "depth": 8, "width": 4}
     n = sum(p.numel() for p in resnet(8, width=4).parameters() if p.dim() == 4)
     eq = equilibrium_sqsum(Run(tmp_path, cfg, [{"epoch": 1.0, "step": 5, "lr": 1e-3}], {}))

@@ -1,4 +1,5 @@
 """Equilibrium predictions (design.md "Equilibrium") against the design's number and simulations."""
+
 import numpy as np
 import pytest
 
@@ -15,7 +16,8 @@ def test_design_number_and_fields():
     assert eq["steps_to_equilibrium"] == pytest.approx(0.1 / (2 * 0.1 * 2e-4))  # 2500 steps
     assert "norm" not in eq
     assert sgd_equilibrium(0.1, 2e-4, 0.9, grad_sq_unit=4.0)["norm"] == pytest.approx(
-        (4.0 * 0.1 / (2e-4 * 0.1 * (2 - 2e-5 / 1.9))) ** 0.25)
+        (4.0 * 0.1 / (2e-4 * 0.1 * (2 - 2e-5 / 1.9))) ** 0.25
+    )
     ad = adamw_equilibrium(1e-3, 0.05, 0.9, 0.999, dim=100)
     assert ad["angular_update"] == pytest.approx(np.sqrt(2 * 1e-3 * 0.05 * 0.1 / 1.9))
     assert ad["norm"] == pytest.approx(np.sqrt(1e-3 * 100 / 0.1))

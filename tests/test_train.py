@@ -1,4 +1,5 @@
 """Training loop: run directory contents, determinism, resume, faults (issue 2 and 5)."""
+
 import json
 import os
 import signal
@@ -91,10 +92,19 @@ def test_sigkill_anywhere_then_resume(tmp_path, fake_data_dir, fake_data):
     missing or half-written line."""
     over = ["epochs=12", "lr_milestones=6,9", "checkpoint_every=0.25", "train_subset=0", "test_subset=0"]
     ref = tmp_path / "ref"
-    T.train(make_config("smoke", {"epochs": 12, "lr_milestones": [6, 9], "checkpoint_every": 0.25, "train_subset": 0,
-                                  "test_subset": 0}), ref, dataset=fake_data, progress=False)
+    T.train(
+        make_config(
+            "smoke",
+            {"epochs": 12, "lr_milestones": [6, 9], "checkpoint_every": 0.25, "train_subset": 0, "test_subset": 0},
+        ),
+        ref,
+        dataset=fake_data,
+        progress=False,
+    )
     out = tmp_path / "killed"
-    cmd, env = _cli("train", "--preset", "smoke", "--data", str(fake_data_dir), "--out", str(out), "--no-progress", *over)
+    cmd, env = _cli(
+        "train", "--preset", "smoke", "--data", str(fake_data_dir), "--out", str(out), "--no-progress", *over
+    )
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and p.poll() is None:
@@ -113,8 +123,20 @@ def test_sigkill_anywhere_then_resume(tmp_path, fake_data_dir, fake_data):
 def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, fake_data_dir):
     """SIGTERM stops at the next step boundary, writes a checkpoint and exits with a one-line hint."""
     out = tmp_path / "term"
-    cmd, env = _cli("train", "--preset", "smoke", "--data", str(fake_data_dir), "--out", str(out), "--no-progress",
-                    "epochs=40", "train_subset=0", "test_subset=0", "checkpoint_every=10")
+    cmd, env = _cli(
+        "train",
+        "--preset",
+        "smoke",
+        "--data",
+        str(fake_data_dir),
+        "--out",
+        str(out),
+        "--no-progress",
+        "epochs=40",
+        "train_subset=0",
+        "test_subset=0",
+        "checkpoint_every=10",
+    )
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -172,7 +194,9 @@ def test_divergence_stops_with_step(tmp_path, fake_data):
     """A NaN/inf loss stops the run naming the step; the last good checkpoint stays loadable."""
     out = tmp_path / "nan"
     with pytest.raises(DivergenceError, match=r"at step \d+"):
-        T.train(cfg(lr=1e30, epochs=4, checkpoint_every=0.25, lr_milestones=[10]), out, dataset=fake_data, progress=False)
+        T.train(
+            cfg(lr=1e30, epochs=4, checkpoint_every=0.25, lr_milestones=[10]), out, dataset=fake_data, progress=False
+        )
     if (out / "checkpoint.pt").exists():
         st = torch.load(out / "checkpoint.pt", weights_only=True)
         assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
@@ -200,8 +224,19 @@ def test_unwritable_out_is_clear_error(tmp_path, fake_data):
         T.train(cfg(), tmp_path / "file" / "run", dataset=fake_data, progress=False)
 
 
-@pytest.mark.parametrize("arg", ["batch_size=0", "momentum=1", "weight_decay=-1", "lr=-0.1", "epochs=abc",
-                                 "bogus=1", "depth=21", "lr_milestones=x"])
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "batch_size=0",
+        "momentum=1",
+        "weight_decay=-1",
+        "lr=-0.1",
+        "epochs=abc",
+        "bogus=1",
+        "depth=21",
+        "lr_milestones=x",
+    ],
+)
 def test_bad_config_exit_2(arg, tmp_path, capsys):
     """Bad values and unknown keys: one line on stderr, exit code 2, nothing written."""
     assert main(["train", "--preset", "smoke", "--out", str(tmp_path / "r"), arg]) == 2
@@ -219,8 +254,23 @@ def test_bad_variant_and_preset_exit_2(tmp_path, capsys):
 def test_cli_train_writes_run(tmp_path, fake_data_dir, capsys):
     """`bnwd train --preset smoke --data D --out RUN` end to end through the CLI."""
     out = tmp_path / "run"
-    assert main(["train", "--preset", "smoke", "--data", str(fake_data_dir), "--out", str(out), "--no-progress",
-                 "train_subset=0", "test_subset=0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "smoke",
+                "--data",
+                str(fake_data_dir),
+                "--out",
+                str(out),
+                "--no-progress",
+                "train_subset=0",
+                "test_subset=0",
+            ]
+        )
+        == 0
+    )
     assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"}
     assert "test acc" in capsys.readouterr().out
 

@@ -8,18 +8,30 @@ Public API (imported lazily so `import bnwd` stays fast):
   find_scale_invariant, audit           which parameters are scale-invariant, numerically
   load_cifar10, Config, make_config, train
 """
+
 from importlib import import_module
 
 __version__ = "0.1.0"
 
 _WHERE = {
-    "resnet20": "models", "resnet": "models", "conv_sqsum": "models",
-    "param_groups": "optim", "step_lr": "optim", "article_lr_factor": "optim",
+    "resnet20": "models",
+    "resnet": "models",
+    "conv_sqsum": "models",
+    "param_groups": "optim",
+    "step_lr": "optim",
+    "article_lr_factor": "optim",
     "Monitor": "monitor",
-    "decay_scales": "exact", "WeightDecayAsLR": "exact",
-    "find_scale_invariant": "invariance", "invariance_report": "invariance", "audit": "invariance",
-    "sgd_equilibrium": "theory", "adamw_equilibrium": "theory",
-    "load_cifar10": "data", "Config": "config", "make_config": "config", "train": "train",
+    "decay_scales": "exact",
+    "WeightDecayAsLR": "exact",
+    "find_scale_invariant": "invariance",
+    "invariance_report": "invariance",
+    "audit": "invariance",
+    "sgd_equilibrium": "theory",
+    "adamw_equilibrium": "theory",
+    "load_cifar10": "data",
+    "Config": "config",
+    "make_config": "config",
+    "train": "train",
 }
 __all__ = sorted(_WHERE)
 

@@ -1,4 +1,5 @@
 """`bnwd` command line: train, reproduce, plot, audit, bench."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, help="folder with cifar-10-batches-py/ or cifar-10-python.tar.gz (default: $BNWD_DATA or ~/.cache/bnwd)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="folder with cifar-10-batches-py/ or cifar-10-python.tar.gz (default: $BNWD_DATA or ~/.cache/bnwd)",
+    )
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 lr=0.05")
@@ -23,15 +28,23 @@ def _common_train(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS, VARIANTS
-    p = _Parser(prog="bnwd", description="Batch norm + weight decay: reproduce, measure and transform the effective learning rate.")
+
+    p = _Parser(
+        prog="bnwd",
+        description="Batch norm + weight decay: reproduce, measure and transform the effective learning rate.",
+    )
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train one run into a run directory")
     t.add_argument("--variant", default="baseline", help=f"one of {', '.join(VARIANTS)}")
-    t.add_argument("--preset", default="blog", help=f"one of {', '.join(PRESETS)} (default blog: the article's 150 epochs)")
+    t.add_argument(
+        "--preset", default="blog", help=f"one of {', '.join(PRESETS)} (default blog: the article's 150 epochs)"
+    )
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run (a finished one is left untouched)")
+    t.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run (a finished one is left untouched)"
+    )
     t.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
     _common_train(t)
 
@@ -40,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
     r.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
     r.add_argument("--optimizer", default="sgd", help="sgd | adam | adamw")
-    r.add_argument("--exact", action="store_true", help="add the lr_exact run (exact transform + BN statistics rescaled)")
+    r.add_argument(
+        "--exact", action="store_true", help="add the lr_exact run (exact transform + BN statistics rescaled)"
+    )
     r.add_argument("--variants", default=None, help="comma-separated subset of variants to run")
     r.add_argument("--force", action="store_true", help="redo runs whose config changed")
     _common_train(r)
@@ -54,45 +69,74 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--input-shape", default="8,3,32,32", help="example input shape, comma-separated (batch first)")
     a.add_argument("--weight-decay", type=float, default=2e-4, help="L2 coefficient assumed on every parameter")
 
-    b = sub.add_parser("bench", help="training throughput (img/s) and monitor overhead")
+    b = sub.add_parser(
+        "bench",
+        help="training throughput (img/s) and monitor overhead",
+        description="Training throughput of ResNet-20 on synthetic data, with and without the Monitor. "
+        "On CPU only the plain (NCHW) layout is timed by default: on some x86 CPUs (seen on AMD EPYC, AVX2) "
+        "the channels_last backward of a 1x1 stride-2 conv + BN hangs or segfaults in torch itself "
+        "(benchmarks/channels_last_hang.py reproduces it). Ask for it with --layouts plain,channels_last.",
+    )
     b.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     b.add_argument("--batch-size", type=int, default=128, help="images per step")
     b.add_argument("--steps", type=int, default=20, help="timed steps per configuration (median reported)")
-    b.add_argument("--width", type=int, default=16, help="ResNet-20 filters in stage 1 (16 = the article, 8 = cpu preset)")
+    b.add_argument(
+        "--width", type=int, default=16, help="ResNet-20 filters in stage 1 (16 = the article, 8 = cpu preset)"
+    )
     b.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     b.add_argument("--json", default=None, help="also write results to this JSON file")
+    b.add_argument(
+        "--layouts",
+        default=None,
+        help="comma-separated: plain, channels_last (default: plain on CPU, both on CUDA, channels_last with bf16)",
+    )
     return p
 
 
 def cmd_train(args) -> int:
     from .config import make_config, parse_overrides
     from .train import train
+
     ov = parse_overrides(args.overrides)
     kw = {"variant": args.variant, "seed": args.seed}
     if args.device:
         kw["device"] = args.device
     cfg = make_config(args.preset, {**kw, **ov})
     s = train(cfg, args.out, args.data, resume=args.resume, force=args.force, progress=not args.no_progress)
-    print(f"{args.out}: test acc {100 * s['final_test_acc']:.2f}%, train loss {s['final_train_loss']:.4f}, "
-          f"conv sqsum {s['final_conv_sqsum']:.1f}, {s['images_per_s']:.0f} img/s")
+    print(
+        f"{args.out}: test acc {100 * s['final_test_acc']:.2f}%, train loss {s['final_train_loss']:.4f}, "
+        f"conv sqsum {s['final_conv_sqsum']:.1f}, {s['images_per_s']:.0f} img/s"
+    )
     return 0
 
 
 def cmd_reproduce(args) -> int:
     from .config import parse_overrides
     from .experiments import reproduce
+
     ov = parse_overrides(args.overrides)
     if args.device:
         ov["device"] = args.device
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
-    res = reproduce(preset=args.preset, seeds=args.seeds, data=args.data, out=args.out, optimizer=args.optimizer,
-                    exact=args.exact, variants=variants, overrides=ov, force=args.force, progress=not args.no_progress)
+    res = reproduce(
+        preset=args.preset,
+        seeds=args.seeds,
+        data=args.data,
+        out=args.out,
+        optimizer=args.optimizer,
+        exact=args.exact,
+        variants=variants,
+        overrides=ov,
+        force=args.force,
+        progress=not args.no_progress,
+    )
     print(f"report: {res['report']}")
     return 0
 
 
 def cmd_plot(args) -> int:
     from .experiments import find_runs, write_outputs
+
     runs = find_runs([Path(r) for r in args.runs])
     res = write_outputs(runs, Path(args.out))
     print(f"{len(res['figures'])} figures in {Path(args.out) / 'figures'}; report {res['report']}")
@@ -101,7 +145,9 @@ def cmd_plot(args) -> int:
 
 def cmd_audit(args) -> int:
     import torch
+
     from .invariance import audit, format_audit, load_factory
+
     try:
         shape = tuple(int(s) for s in args.input_shape.split(","))
     except ValueError:
@@ -118,16 +164,29 @@ def cmd_audit(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import bench
-    bench(device=args.device, batch_size=args.batch_size, steps=args.steps, width=args.width,
-          threads=args.threads, json_path=args.json)
+
+    bench(
+        device=args.device,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        width=args.width,
+        threads=args.threads,
+        json_path=args.json,
+        layouts=args.layouts,
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "reproduce": cmd_reproduce, "plot": cmd_plot, "audit": cmd_audit,
-                "bench": cmd_bench}[args.cmd](args)
+        return {
+            "train": cmd_train,
+            "reproduce": cmd_reproduce,
+            "plot": cmd_plot,
+            "audit": cmd_audit,
+            "bench": cmd_bench,
+        }[args.cmd](args)
     except BnwdError as e:
         sys.stderr.write(f"bnwd: {e}\n")
         return e.exit_code

@@ -1,4 +1,5 @@
 """Typed run configuration: presets, variants and validated `key=value` overrides."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,41 +17,41 @@ PRESETS = ("blog", "cpu", "smoke")
 
 @dataclass
 class Config:
-    variant: str = "baseline"          # baseline | no_conv_l2 | lr_scaled | lr_scaled_bn098 | lr_exact
-    preset: str = "blog"               # blog | cpu | smoke (the defaults this config started from)
+    variant: str = "baseline"  # baseline | no_conv_l2 | lr_scaled | lr_scaled_bn098 | lr_exact
+    preset: str = "blog"  # blog | cpu | smoke (the defaults this config started from)
     seed: int = 0
     # data
-    train_subset: int = 0              # training images, class-balanced (0 = all 50,000)
-    test_subset: int = 0               # test images (0 = all 10,000)
+    train_subset: int = 0  # training images, class-balanced (0 = all 50,000)
+    test_subset: int = 0  # test images (0 = all 10,000)
     # model: TF-official CIFAR ResNet v1
-    depth: int = 20                    # 6n+2 layers
-    width: int = 16                    # filters in stage 1 (then 2x, 4x)
-    bn_momentum: float = 0.003         # PyTorch convention, = 1 - TF decay (0.997)
+    depth: int = 20  # 6n+2 layers
+    width: int = 16  # filters in stage 1 (then 2x, 4x)
+    bn_momentum: float = 0.003  # PyTorch convention, = 1 - TF decay (0.997)
     bn_eps: float = 1e-5
     # optimization
-    optimizer: str = "sgd"             # sgd | adam | adamw
-    epochs: float = 150.0              # passes over the training set
-    batch_size: int = 128              # images per step
-    lr: float = 0.1                    # initial learning rate (per step)
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    epochs: float = 150.0  # passes over the training set
+    batch_size: int = 128  # images per step
+    lr: float = 0.1  # initial learning rate (per step)
     lr_milestones: list = field(default_factory=lambda: [50.0, 100.0])  # epochs where lr *= lr_gamma
     lr_gamma: float = 0.1
-    momentum: float = 0.9              # SGD momentum; Adam beta1
+    momentum: float = 0.9  # SGD momentum; Adam beta1
     adam_beta2: float = 0.999
-    weight_decay: float = 2e-4         # L2 coefficient on every parameter (loss + wd * sum(w^2) / 2)
+    weight_decay: float = 2e-4  # L2 coefficient on every parameter (loss + wd * sum(w^2) / 2)
     # the lr_scaled variants
-    lr_scaling: str = "article"        # article | reference | exact
-    reference: str = ""                # finished baseline run dir, for lr_scaling=reference
-    reference_mode: str = "global"     # global | layer: S_ref summed over convs or per conv layer
+    lr_scaling: str = "article"  # article | reference | exact
+    reference: str = ""  # finished baseline run dir, for lr_scaling=reference
+    reference_mode: str = "global"  # global | layer: S_ref summed over convs or per conv layer
     # bookkeeping
-    sample_every: float = 0.25         # epochs between metric sample points (the article: quarter epoch)
-    eval_every: float = 1.0            # epochs between test-set evaluations
-    checkpoint_every: float = 1.0      # epochs between checkpoints
-    log_layers: bool = True            # per-layer metrics in metrics.jsonl
-    tensorboard: bool = False          # also write TensorBoard events (needs the `tensorboard` extra)
-    device: str = "auto"               # auto | cpu | cuda | cuda:N
-    amp: str = "auto"                  # auto (bf16 on CUDA, off on CPU) | bf16 | off
-    channels_last: str = "auto"        # auto (on CUDA) | on | off
-    threads: int = 0                   # CPU threads for torch (0 = torch's default)
+    sample_every: float = 0.25  # epochs between metric sample points (the article: quarter epoch)
+    eval_every: float = 1.0  # epochs between test-set evaluations
+    checkpoint_every: float = 1.0  # epochs between checkpoints
+    log_layers: bool = True  # per-layer metrics in metrics.jsonl
+    tensorboard: bool = False  # also write TensorBoard events (needs the `tensorboard` extra)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    threads: int = 0  # CPU threads for torch (0 = torch's default)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,13 +72,30 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
     # (0.1 * 2e-4 * 19,500 = 0.39): weight decay still has time to control the conv norms.
     # BN momentum 0.015 keeps the article's moving-average window in epochs (0.003 at 390
     # steps per epoch = 0.015 at 78).
-    "cpu": {"width": 8, "train_subset": 10000, "test_subset": 2000, "epochs": 20.0, "bn_momentum": 0.015,
-            "lr_milestones": [8.0, 16.0], "weight_decay": 5e-3, "lr_scaling": "reference",
-            "eval_every": 1.0},
+    "cpu": {
+        "width": 8,
+        "train_subset": 10000,
+        "test_subset": 2000,
+        "epochs": 20.0,
+        "bn_momentum": 0.015,
+        "lr_milestones": [8.0, 16.0],
+        "weight_decay": 5e-3,
+        "lr_scaling": "reference",
+        "eval_every": 1.0,
+    },
     # Seconds: tests and CI.
-    "smoke": {"depth": 8, "width": 4, "train_subset": 512, "test_subset": 256, "batch_size": 64,
-              "epochs": 2.0, "lr_milestones": [1.0, 1.5], "weight_decay": 5e-3, "eval_every": 0.5,
-              "lr_scaling": "reference"},
+    "smoke": {
+        "depth": 8,
+        "width": 4,
+        "train_subset": 512,
+        "test_subset": 256,
+        "batch_size": 64,
+        "epochs": 2.0,
+        "lr_milestones": [1.0, 1.5],
+        "weight_decay": 5e-3,
+        "eval_every": 0.5,
+        "lr_scaling": "reference",
+    },
 }
 
 
@@ -153,11 +171,21 @@ def validate(cfg: Config) -> None:
     need(cfg.variant in VARIANTS, f"unknown variant {cfg.variant!r}; choose one of {', '.join(VARIANTS)}")
     need(cfg.preset in PRESETS, f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
     need(cfg.optimizer in ("sgd", "adam", "adamw"), f"unknown optimizer {cfg.optimizer!r}; choose sgd, adam or adamw")
-    need(cfg.lr_scaling in ("article", "reference", "exact"), f"unknown lr_scaling {cfg.lr_scaling!r}; choose article, reference or exact")
-    need(cfg.reference_mode in ("global", "layer"), f"reference_mode must be global or layer, got {cfg.reference_mode!r}")
+    need(
+        cfg.lr_scaling in ("article", "reference", "exact"),
+        f"unknown lr_scaling {cfg.lr_scaling!r}; choose article, reference or exact",
+    )
+    need(
+        cfg.reference_mode in ("global", "layer"), f"reference_mode must be global or layer, got {cfg.reference_mode!r}"
+    )
     need(cfg.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {cfg.amp!r}")
-    need(cfg.channels_last in ("auto", "on", "off"), f"channels_last must be auto, on or off, got {cfg.channels_last!r}")
-    need(cfg.depth >= 8 and (cfg.depth - 2) % 6 == 0, f"depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {cfg.depth}")
+    need(
+        cfg.channels_last in ("auto", "on", "off"), f"channels_last must be auto, on or off, got {cfg.channels_last!r}"
+    )
+    need(
+        cfg.depth >= 8 and (cfg.depth - 2) % 6 == 0,
+        f"depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {cfg.depth}",
+    )
     need(cfg.width >= 1, f"width must be >= 1, got {cfg.width}")
     need(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
     need(cfg.epochs > 0, f"epochs must be > 0, got {cfg.epochs}")
@@ -175,8 +203,12 @@ def validate(cfg: Config) -> None:
     need(cfg.threads >= 0, f"threads must be >= 0, got {cfg.threads}")
     if cfg.variant in ("lr_scaled", "lr_scaled_bn098") and cfg.lr_scaling == "reference":
         need(bool(cfg.reference), "lr_scaling=reference needs reference=RUN_DIR (a finished baseline run)")
-    if cfg.optimizer != "sgd" and (cfg.variant == "lr_exact" or (cfg.variant.startswith("lr_scaled") and cfg.lr_scaling == "exact")):
-        raise ConfigError("the exact weight-decay -> lr transform is derived for SGD with momentum; use optimizer=sgd or lr_scaling=reference")
+    if cfg.optimizer != "sgd" and (
+        cfg.variant == "lr_exact" or (cfg.variant.startswith("lr_scaled") and cfg.lr_scaling == "exact")
+    ):
+        raise ConfigError(
+            "the exact weight-decay -> lr transform is derived for SGD with momentum; use optimizer=sgd or lr_scaling=reference"
+        )
 
 
 def resolved(cfg: Config) -> dict[str, Any]:
@@ -190,8 +222,12 @@ def resolved(cfg: Config) -> dict[str, Any]:
         scaling = cfg.lr_scaling
     elif cfg.variant == "lr_exact":
         scaling = "exact"
-    return {"conv_weight_decay": conv_wd, "bn_momentum_used": bn_momentum, "conv_lr_scaling": scaling,
-            "rescale_bn_stats": cfg.variant == "lr_exact"}
+    return {
+        "conv_weight_decay": conv_wd,
+        "bn_momentum_used": bn_momentum,
+        "conv_lr_scaling": scaling,
+        "rescale_bn_stats": cfg.variant == "lr_exact",
+    }
 
 
 def load_config(path: str | Path) -> Config:

@@ -33,9 +33,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -73,8 +73,16 @@ TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 BATCH_FILES = TRAIN_FILES + (TEST_FILE,)
 CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 IMAGE_VALUES = 3 * 32 * 32
 PAD = 4
@@ -102,6 +110,7 @@ def _tar_errors(archive: Path, what: str) -> Iterator[None]:
 # where the data lives
 # --------------------------------------------------------------------------- #
 
+
 def default_root() -> Path:
     """The default data folder, ``~/.cache/bnwd``."""
     return Path.home() / ".cache" / "bnwd"
@@ -120,6 +129,7 @@ def resolve_root(data: str | os.PathLike | None = None) -> Path:
 # --------------------------------------------------------------------------- #
 # restricted unpickling
 # --------------------------------------------------------------------------- #
+
 
 def _numpy_reconstruct():
     # numpy 1.x calls it numpy.core.multiarray._reconstruct, numpy 2.x
@@ -165,9 +175,7 @@ def _unpickle(raw: bytes, label: str) -> object:
     except DataError:
         raise
     except Exception as e:  # hostile or corrupt pickles raise all sorts of things
-        raise DataError(
-            f"{label}: not a readable CIFAR batch pickle ({type(e).__name__}: {_one_line(e)})"
-        ) from None
+        raise DataError(f"{label}: not a readable CIFAR batch pickle ({type(e).__name__}: {_one_line(e)})") from None
 
 
 def _get(d: dict, key: str):
@@ -185,10 +193,10 @@ def _parse_batch(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]:
     labels = _get(d, "labels")
     if data is None or labels is None:
         raise DataError(f"{label}: batch has no 'data' or no 'labels' entry")
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != IMAGE_VALUES:
-        desc = (f"{data.dtype} array of shape {tuple(data.shape)}"
-                if isinstance(data, np.ndarray) else type(data).__name__)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != IMAGE_VALUES:
+        desc = (
+            f"{data.dtype} array of shape {tuple(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
+        )
         raise DataError(f"{label}: 'data' must be a uint8 array of shape (N, 3072), found {desc}")
     try:
         lab = np.asarray(labels)
@@ -207,6 +215,7 @@ def _parse_batch(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- #
 # the dataset object
 # --------------------------------------------------------------------------- #
+
 
 @dataclass
 class Cifar10:
@@ -234,7 +243,7 @@ class Cifar10:
     def device(self) -> torch.device:
         return self.train_x.device
 
-    def to(self, device: torch.device | str) -> "Cifar10":
+    def to(self, device: torch.device | str) -> Cifar10:
         """A new Cifar10 with all tensors on ``device``."""
         return replace(
             self,
@@ -244,7 +253,7 @@ class Cifar10:
             test_y=self.test_y.to(device),
         )
 
-    def subset(self, n_train: int, n_test: int, seed: int = 0) -> "Cifar10":
+    def subset(self, n_train: int, n_test: int, seed: int = 0) -> Cifar10:
         """Class-balanced deterministic subset; 0 keeps a split whole.
 
         Classes are filled round-robin (each class gets ``n // 10`` or one more,
@@ -290,6 +299,7 @@ def _balanced_indices(y: torch.Tensor, n: int, seed: int, split: str, source: st
 # --------------------------------------------------------------------------- #
 # reading batches from a folder or an archive
 # --------------------------------------------------------------------------- #
+
 
 def _assemble(parsed: dict[str, tuple[np.ndarray, np.ndarray]], source: str) -> Cifar10:
     def cat(names):
@@ -380,6 +390,7 @@ def clear_cache() -> None:
 # download
 # --------------------------------------------------------------------------- #
 
+
 def _download(root: Path) -> Path:
     dest = root / ARCHIVE_NAME
     hint = f"put {ARCHIVE_NAME} in {root} or pass --data DIR / set BNWD_DATA"
@@ -393,8 +404,7 @@ def _download(root: Path) -> Path:
         fd, tmp_name = tempfile.mkstemp(dir=root, prefix=ARCHIVE_NAME + ".", suffix=".part")
         tmp_path = Path(tmp_name)
         print(f"bnwd: downloading {CIFAR10_URL} to {dest}", file=sys.stderr)
-        with os.fdopen(fd, "wb") as out, \
-                urllib.request.urlopen(CIFAR10_URL, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(CIFAR10_URL, timeout=DOWNLOAD_TIMEOUT_S) as resp:
             while True:
                 chunk = resp.read(1 << 20)
                 if not chunk:
@@ -405,15 +415,12 @@ def _download(root: Path) -> Path:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or e
-        raise DataError(
-            f"could not download CIFAR-10 from {CIFAR10_URL} ({_one_line(reason)}); {hint}"
-        ) from None
+        raise DataError(f"could not download CIFAR-10 from {CIFAR10_URL} ({_one_line(reason)}); {hint}") from None
     got = md5.hexdigest()
     if got != CIFAR10_MD5:
         tmp_path.unlink(missing_ok=True)
         raise DataError(
-            f"{dest}: downloaded file has md5 {got}, expected {CIFAR10_MD5}; "
-            f"deleted it, try again or {hint}"
+            f"{dest}: downloaded file has md5 {got}, expected {CIFAR10_MD5}; deleted it, try again or {hint}"
         )
     os.replace(tmp_path, dest)
     return dest
@@ -422,6 +429,7 @@ def _download(root: Path) -> Path:
 # --------------------------------------------------------------------------- #
 # public loader
 # --------------------------------------------------------------------------- #
+
 
 def load_cifar10(data: str | os.PathLike | None = None, download: bool = True) -> Cifar10:
     """Load CIFAR-10 from a data folder (see :func:`resolve_root`).
@@ -438,8 +446,7 @@ def load_cifar10(data: str | os.PathLike | None = None, download: bool = True) -
     if root.is_file():
         if not root.name.endswith((".tar.gz", ".tgz")):
             raise DataError(
-                f"{root}: expected a folder holding {FOLDER_NAME}/ or {ARCHIVE_NAME}, "
-                "or the .tar.gz archive itself"
+                f"{root}: expected a folder holding {FOLDER_NAME}/ or {ARCHIVE_NAME}, or the .tar.gz archive itself"
             )
         return _load_cached("archive", str(root.resolve()), _stat_key(root))
     folder = root / FOLDER_NAME
@@ -453,8 +460,7 @@ def load_cifar10(data: str | os.PathLike | None = None, download: bool = True) -
     if not archive.is_file():
         if not (download or root.expanduser().resolve() == default_root().resolve()):
             raise DataError(
-                f"no CIFAR-10 in {root}: put {ARCHIVE_NAME} or {FOLDER_NAME}/ there, "
-                "or pass --data DIR / set BNWD_DATA"
+                f"no CIFAR-10 in {root}: put {ARCHIVE_NAME} or {FOLDER_NAME}/ there, or pass --data DIR / set BNWD_DATA"
             )
         _download(root)
     return _load_cached("archive", str(archive.resolve()), _stat_key(archive))
@@ -463,6 +469,7 @@ def load_cifar10(data: str | os.PathLike | None = None, download: bool = True) -
 # --------------------------------------------------------------------------- #
 # safe extraction
 # --------------------------------------------------------------------------- #
+
 
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Extract a tar(.gz) into ``dest`` refusing anything that could escape it.
@@ -501,6 +508,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------- #
 # augmentation and standardization
 # --------------------------------------------------------------------------- #
+
 
 def augment_params(batch: int, generator: torch.Generator, device: torch.device | str | None = None):
     """Random (dx, dy, flip) for ``batch`` images: offsets in 0..8, flip with p=0.5.
@@ -563,6 +571,7 @@ def standardize(x: torch.Tensor) -> torch.Tensor:
 # deterministic batching
 # --------------------------------------------------------------------------- #
 
+
 def _derive_seed(*parts: object) -> int:
     h = hashlib.sha256(repr(("bnwd",) + parts).encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
@@ -612,7 +621,7 @@ class TrainLoader:
             raise ValueError(f"step must be >= 0, got {step}")
         epoch, i = divmod(int(step), self.steps_per_epoch)
         perm = self.epoch_permutation(epoch)
-        return perm[i * self.batch_size:(i + 1) * self.batch_size]
+        return perm[i * self.batch_size : (i + 1) * self.batch_size]
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` for ``step``: x float32 ``[B,3,32,32]`` augmented and
@@ -628,7 +637,7 @@ def test_batches(data: Cifar10, batch_size: int) -> Iterator[tuple[torch.Tensor,
     if batch_size <= 0:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
     for i in range(0, data.n_test, batch_size):
-        yield standardize(data.test_x[i:i + batch_size]), data.test_y[i:i + batch_size]
+        yield standardize(data.test_x[i : i + batch_size]), data.test_y[i : i + batch_size]
 
 
 test_batches.__test__ = False  # not a pytest test despite the name
@@ -713,8 +722,11 @@ def write_fake_cifar(
             tf.addfile(info, io.BytesIO(payload))
 
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tf:
+    with (
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tf,
+    ):
         add(tf, FOLDER_NAME, None)
         for name, obj in batches:
             if name in omit:

@@ -34,11 +34,13 @@ lr_{t-1} (so a zero learning rate is fine):
 
 (beta_t is the momentum buffer of the zero-gradient weight; beta_t = (s_{t-1} - s_t)/lr_{t-1}).
 """
+
 from __future__ import annotations
 
 import operator
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +55,14 @@ NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 # Group keys (timm style: the transform's state lives in the optimizer's param groups, so
 # the optimizer's own state_dict / load_state_dict checkpoint and resume it).
-LAM, SCALE, SCALE_PREV, VELOCITY, LR_PREV, STEP = ("wd_as_lr", "wd_scale", "wd_scale_prev", "wd_velocity",
-                                                   "wd_lr_prev", "wd_step")
+LAM, SCALE, SCALE_PREV, VELOCITY, LR_PREV, STEP = (
+    "wd_as_lr",
+    "wd_scale",
+    "wd_scale_prev",
+    "wd_velocity",
+    "wd_lr_prev",
+    "wd_step",
+)
 
 
 def decay_scales(lrs: Sequence[float], momentum: float, weight_decay: float) -> np.ndarray:
@@ -81,15 +89,65 @@ def decay_scales(lrs: Sequence[float], momentum: float, weight_decay: float) -> 
 
 # --------------------------------------------------------------------------- finding the norm after a weight
 
-_PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-                 nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                 nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.Unflatten)
-_PASS_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu, F.dropout, F.dropout2d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
-                   F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-                   torch.flatten, torch.reshape, operator.getitem}
-_PASS_METHODS = {"relu", "relu_", "view", "reshape", "flatten", "contiguous", "permute", "transpose", "squeeze",
-                 "unsqueeze", "to", "clone", "float", "double", "half"}
+_PASS_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Flatten,
+    nn.Unflatten,
+)
+_PASS_FUNCTIONS = {
+    F.relu,
+    torch.relu,
+    F.leaky_relu,
+    F.dropout,
+    F.dropout2d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    torch.flatten,
+    torch.reshape,
+    operator.getitem,
+}
+_PASS_METHODS = {
+    "relu",
+    "relu_",
+    "view",
+    "reshape",
+    "flatten",
+    "contiguous",
+    "permute",
+    "transpose",
+    "squeeze",
+    "unsqueeze",
+    "to",
+    "clone",
+    "float",
+    "double",
+    "half",
+}
 # ReLU6 is not positively homogeneous; keep it out.
 _PASS_MODULES = tuple(t for t in _PASS_MODULES if t is not nn.ReLU6)
 
@@ -112,7 +170,7 @@ def following_norms(model: nn.Module, params: Iterable[torch.Tensor]) -> dict[in
     """
     owners: dict[int, tuple[str, nn.Module]] = {}
     for mname, m in model.named_modules():
-        for pname, p in m.named_parameters(recurse=False):
+        for _pname, p in m.named_parameters(recurse=False):
             owners.setdefault(id(p), (mname, m))
     wanted: dict[str, list[int]] = {}
     for p in params:
@@ -121,6 +179,7 @@ def following_norms(model: nn.Module, params: Iterable[torch.Tensor]) -> dict[in
         wanted.setdefault(owners[id(p)][0], []).append(id(p))
     try:
         import torch.fx
+
         gm = torch.fx.symbolic_trace(model)
     except Exception:  # noqa: BLE001 - untraceable model: registration-order fallback
         return _following_norms_by_order(model, wanted)
@@ -138,19 +197,26 @@ def following_norms(model: nn.Module, params: Iterable[torch.Tensor]) -> dict[in
             target = mods.get(user.target) if user.op == "call_module" else None
             if isinstance(target, NORM_TYPES):
                 found[node.target][id(target)] = target
-            elif (isinstance(target, _PASS_MODULES) or (user.op == "call_function" and user.target in _PASS_FUNCTIONS)
-                  or (user.op == "call_method" and user.target in _PASS_METHODS)):
+            elif (
+                isinstance(target, _PASS_MODULES)
+                or (user.op == "call_function" and user.target in _PASS_FUNCTIONS)
+                or (user.op == "call_method" and user.target in _PASS_METHODS)
+            ):
                 stack.extend(user.users)
             else:
                 what = user.target if user.op != "output" else "the model output"
-                raise ConfigError(f"the output of {node.target!r} reaches {what!r} ({user.op}) before any "
-                                  "normalization layer, so its weight is not scale-invariant and the exact "
-                                  "transform does not apply to it")
+                raise ConfigError(
+                    f"the output of {node.target!r} reaches {what!r} ({user.op}) before any "
+                    "normalization layer, so its weight is not scale-invariant and the exact "
+                    "transform does not apply to it"
+                )
     out: dict[int, list[nn.Module]] = {}
     for name, ids in wanted.items():
         if not found[name]:
-            raise ConfigError(f"no normalization layer found after {name!r} (it is never called in the traced "
-                              "forward, or not followed by BatchNorm/GroupNorm/LayerNorm)")
+            raise ConfigError(
+                f"no normalization layer found after {name!r} (it is never called in the traced "
+                "forward, or not followed by BatchNorm/GroupNorm/LayerNorm)"
+            )
         for i in ids:
             out[i] = list(found[name].values())
     return out
@@ -163,17 +229,22 @@ def _following_norms_by_order(model: nn.Module, wanted: dict[str, list[int]]) ->
         if name not in wanted:
             continue
         width = getattr(m, "out_channels", getattr(m, "out_features", None))
-        nxt = next((n for _, n in mods[i + 1:] if isinstance(n, nn.modules.batchnorm._NormBase)
-                    and n.num_features == width), None)
+        nxt = next(
+            (n for _, n in mods[i + 1 :] if isinstance(n, nn.modules.batchnorm._NormBase) and n.num_features == width),
+            None,
+        )
         if nxt is None:
-            raise ConfigError(f"no BatchNorm with {width} features registered after {name!r} (model not traceable "
-                              "by torch.fx, so the BN after each conv was looked up in registration order)")
+            raise ConfigError(
+                f"no BatchNorm with {width} features registered after {name!r} (model not traceable "
+                "by torch.fx, so the BN after each conv was looked up in registration order)"
+            )
         for pid in wanted[name]:
             out[pid] = [nxt]
     return out
 
 
 # --------------------------------------------------------------------------- the wrapper
+
 
 class WeightDecayAsLR(torch.optim.Optimizer):
     """Wrap a torch.optim.SGD: the named groups lose their L2 and get the exact equivalent
@@ -205,20 +276,30 @@ class WeightDecayAsLR(torch.optim.Optimizer):
     `.scale` is {group name: s_t}: the baseline's weights are s_t times these.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, groups: Sequence[str] = ("conv",), model: nn.Module | None = None,
-                 rescale_bn_eps: bool = False, rescale_bn_stats: bool = False):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        groups: Sequence[str] = ("conv",),
+        model: nn.Module | None = None,
+        rescale_bn_eps: bool = False,
+        rescale_bn_stats: bool = False,
+    ):
         if isinstance(optimizer, WeightDecayAsLR):
             raise ConfigError("the optimizer is already wrapped by WeightDecayAsLR")
         if not isinstance(optimizer, torch.optim.SGD):
-            raise ConfigError(f"WeightDecayAsLR needs torch.optim.SGD, got {type(optimizer).__name__}: the exact "
-                              "weight-decay -> lr transform is derived for SGD with (heavy-ball) momentum")
+            raise ConfigError(
+                f"WeightDecayAsLR needs torch.optim.SGD, got {type(optimizer).__name__}: the exact "
+                "weight-decay -> lr transform is derived for SGD with (heavy-ball) momentum"
+            )
         if isinstance(groups, str):
             groups = (groups,)
         names = [g.get("name") for g in optimizer.param_groups]
         unknown = [g for g in groups if g not in names]
         if unknown:
-            raise ConfigError(f"unknown parameter group(s) {unknown}; the optimizer's groups are {names} "
-                              "(groups are selected by their 'name' key)")
+            raise ConfigError(
+                f"unknown parameter group(s) {unknown}; the optimizer's groups are {names} "
+                "(groups are selected by their 'name' key)"
+            )
         if (rescale_bn_eps or rescale_bn_stats) and model is None:
             raise ConfigError("rescale_bn_eps / rescale_bn_stats need the model (model=...)")
         # torch.optim.Optimizer machinery without re-registering the parameters.
@@ -246,8 +327,10 @@ class WeightDecayAsLR(torch.optim.Optimizer):
                 for p in g["params"]:
                     for m in follow[id(p)]:
                         if owner.setdefault(id(m), g["name"]) != g["name"]:
-                            raise ConfigError("a normalization layer follows weights of two transformed groups "
-                                              f"({owner[id(m)]!r}, {g['name']!r}) with different scales")
+                            raise ConfigError(
+                                "a normalization layer follows weights of two transformed groups "
+                                f"({owner[id(m)]!r}, {g['name']!r}) with different scales"
+                            )
                         lst = self.norms.setdefault(g["name"], [])
                         if all(m is not x for x in lst):
                             lst.append(m)
@@ -294,11 +377,20 @@ class WeightDecayAsLR(torch.optim.Optimizer):
 
     @staticmethod
     def _check_group(g: dict) -> None:
-        bad = [k for k, v in (("nesterov", g.get("nesterov", False)), ("dampening", g.get("dampening", 0)),
-                              ("maximize", g.get("maximize", False))) if v]
+        bad = [
+            k
+            for k, v in (
+                ("nesterov", g.get("nesterov", False)),
+                ("dampening", g.get("dampening", 0)),
+                ("maximize", g.get("maximize", False)),
+            )
+            if v
+        ]
         if bad:
-            raise ConfigError(f"WeightDecayAsLR supports SGD with plain heavy-ball momentum only; group "
-                              f"{g.get('name')!r} has {', '.join(bad)} set")
+            raise ConfigError(
+                f"WeightDecayAsLR supports SGD with plain heavy-ball momentum only; group "
+                f"{g.get('name')!r} has {', '.join(bad)} set"
+            )
 
     def _apply_eps(self) -> None:
         if not self.rescale_bn_eps:
@@ -350,8 +442,10 @@ class WeightDecayAsLR(torch.optim.Optimizer):
             v = g.get("momentum", 0.0) * g[VELOCITY] + g[LAM] * s
             s_next = s - lr_f * v
             if not (s_next > 0 and np.isfinite(s_next)):
-                raise ConfigError(f"decay scale s_t of group {g['name']!r} left (0, inf) ({s_next}): lr * weight_decay "
-                                  "too large for the transform")
+                raise ConfigError(
+                    f"decay scale s_t of group {g['name']!r} left (0, inf) ({s_next}): lr * weight_decay "
+                    "too large for the transform"
+                )
             saved.append((lr, s, s_next, v))
             g["lr"] = lr_f / (s * s_next)
         try:

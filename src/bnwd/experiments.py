@@ -1,7 +1,7 @@
 """`bnwd reproduce`: the article's runs for several seeds, then figures, summary and report."""
+
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from .errors import BnwdError, ConfigError
 
 def default_preset() -> str:
     import torch
+
     return "blog" if torch.cuda.is_available() else "cpu"
 
 
@@ -25,14 +26,24 @@ def optimizer_defaults(optimizer: str) -> dict[str, Any]:
     raise ConfigError(f"unknown optimizer {optimizer!r}; choose sgd, adam or adamw")
 
 
-def reproduce(preset: str | None = None, seeds: int = 1, data: str | None = None, out: str | None = None,
-              optimizer: str = "sgd", exact: bool = False, variants: list[str] | None = None,
-              overrides: dict[str, Any] | None = None, force: bool = False, progress: bool = True) -> dict:
+def reproduce(
+    preset: str | None = None,
+    seeds: int = 1,
+    data: str | None = None,
+    out: str | None = None,
+    optimizer: str = "sgd",
+    exact: bool = False,
+    variants: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
     """Train every (variant, seed) into OUT/runs/<variant>-s<seed> (finished runs are kept,
     interrupted ones resumed; the baseline goes first since `lr_scaling=reference` reads it),
     then write OUT/figures/, OUT/summary.{csv,json} and OUT/report.md."""
     from .data import load_cifar10
     from .train import train
+
     preset = preset or default_preset()
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
@@ -81,6 +92,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
 def write_outputs(run_dirs: list[Path], out_dir: Path) -> dict:
     from .plots import load_runs, plot_all
     from .report import write_report, write_summary
+
     runs = [r for r in load_runs(run_dirs) if r.summary and r.summary.get("finished")]
     if not runs:
         raise BnwdError("none of the given runs has finished (no summary.json)")

@@ -30,14 +30,16 @@ Invariant when all three hold to `rtol`. A parameter whose gradient is zero and 
 scaling changes nothing does not affect the output at all (e.g. BN beta before a
 padding-free conv and another BN): it is reported invariant, with "no effect" evidence.
 """
+
 from __future__ import annotations
 
 import copy
 import importlib
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -95,8 +97,9 @@ def _to_double(obj: Any) -> Any:
 class _Probe:
     """A float64, train-mode, jittered, small-eps copy of a model with a generic scalar loss."""
 
-    def __init__(self, model: nn.Module, example_input: Any, loss_fn: Callable | None, norm_eps: float,
-                 perturb: float, seed: int):
+    def __init__(
+        self, model: nn.Module, example_input: Any, loss_fn: Callable | None, norm_eps: float, perturb: float, seed: int
+    ):
         self.model = copy.deepcopy(model).double().train()
         self.inputs = _to_double(example_input)
         self.loss_fn, self.seed = loss_fn, seed
@@ -150,8 +153,14 @@ class _Probe:
         return flat, gs
 
 
-def _judge(probe: _Probe, names: Sequence[str], base_out: torch.Tensor, base_g: torch.Tensor,
-           scales: Sequence[float], rtol: float) -> InvarianceResult:
+def _judge(
+    probe: _Probe,
+    names: Sequence[str],
+    base_out: torch.Tensor,
+    base_g: torch.Tensor,
+    scales: Sequence[float],
+    rtol: float,
+) -> InvarianceResult:
     if any(c <= 0 for c in scales):
         raise ConfigError(f"scales must be positive (scale invariance is about c > 0), got {tuple(scales)}")
     w = torch.cat([probe.params[n].detach().reshape(-1) for n in names])
@@ -170,30 +179,70 @@ def _judge(probe: _Probe, names: Sequence[str], base_out: torch.Tensor, base_g: 
     cos = float(torch.dot(base_g, w).item() / (gn * wn)) if gn > 0 and wn > 0 else 0.0
     cs = ", ".join(f"{c:g}" for c in scales)
     if wn == 0:
-        return InvarianceResult(False, "parameter is exactly zero, so scaling it changes nothing and decides nothing "
-                                "(use perturb > 0)", max_change, cos, ratio, grad_err)
+        return InvarianceResult(
+            False,
+            "parameter is exactly zero, so scaling it changes nothing and decides nothing (use perturb > 0)",
+            max_change,
+            cos,
+            ratio,
+            grad_err,
+        )
     # |dL/dc| at c = 1 relative to the size of the loss terms: zero for a parameter the output ignores
     loss_scale = sum(r.norm().item() for r in probe.proj) * on
     no_effect = max_change < rtol and gn * wn <= 1e-9 * loss_scale
     if no_effect:
-        return InvarianceResult(True, f"no effect on the output: gradient ~0 (|g||w| = {gn * wn:.1e}) and max rel "
-                                f"change {max_change:.1e} under w -> c w (c in {cs}); trivially scale-invariant",
-                                max_change, cos, ratio, grad_err, no_effect=True)
+        return InvarianceResult(
+            True,
+            f"no effect on the output: gradient ~0 (|g||w| = {gn * wn:.1e}) and max rel "
+            f"change {max_change:.1e} under w -> c w (c in {cs}); trivially scale-invariant",
+            max_change,
+            cos,
+            ratio,
+            grad_err,
+            no_effect=True,
+        )
     if max_change >= rtol:
-        return InvarianceResult(False, f"output changes by {max_change:.2g} (relative) under w -> {worst_c:g} w; "
-                                f"|cos(grad, w)| = {abs(cos):.2g}", max_change, cos, ratio, grad_err)
+        return InvarianceResult(
+            False,
+            f"output changes by {max_change:.2g} (relative) under w -> {worst_c:g} w; |cos(grad, w)| = {abs(cos):.2g}",
+            max_change,
+            cos,
+            ratio,
+            grad_err,
+        )
     if abs(cos) >= rtol or grad_err >= rtol:
-        return InvarianceResult(False, f"output nearly unchanged under scaling (max rel change {max_change:.1e}) but "
-                                f"gradient not orthogonal (|cos| {abs(cos):.1e}) or not scaling as 1/c "
-                                f"(rel err {grad_err:.1e})", max_change, cos, ratio, grad_err)
-    return InvarianceResult(True, f"output unchanged under w -> c w for c in ({cs}) (max rel change "
-                            f"{max_change:.1e}); grad orthogonal (|cos| {abs(cos):.1e}) and scales as 1/c "
-                            f"(rel err {grad_err:.1e})", max_change, cos, ratio, grad_err)
+        return InvarianceResult(
+            False,
+            f"output nearly unchanged under scaling (max rel change {max_change:.1e}) but "
+            f"gradient not orthogonal (|cos| {abs(cos):.1e}) or not scaling as 1/c "
+            f"(rel err {grad_err:.1e})",
+            max_change,
+            cos,
+            ratio,
+            grad_err,
+        )
+    return InvarianceResult(
+        True,
+        f"output unchanged under w -> c w for c in ({cs}) (max rel change "
+        f"{max_change:.1e}); grad orthogonal (|cos| {abs(cos):.1e}) and scales as 1/c "
+        f"(rel err {grad_err:.1e})",
+        max_change,
+        cos,
+        ratio,
+        grad_err,
+    )
 
 
-def invariance_report(model: nn.Module, example_input: Any, loss_fn: Callable | None = None,
-                      scales: Sequence[float] = (0.5, 2.0), rtol: float = 1e-6, norm_eps: float = 1e-12,
-                      perturb: float = 0.1, seed: int = 0) -> dict[str, InvarianceResult]:
+def invariance_report(
+    model: nn.Module,
+    example_input: Any,
+    loss_fn: Callable | None = None,
+    scales: Sequence[float] = (0.5, 2.0),
+    rtol: float = 1e-6,
+    norm_eps: float = 1e-12,
+    perturb: float = 0.1,
+    seed: int = 0,
+) -> dict[str, InvarianceResult]:
     """{parameter name: InvarianceResult} for every trainable parameter of `model`.
 
     Numerical test (module docstring): on a float64 train-mode deep copy, jittered to a
@@ -213,8 +262,14 @@ def invariance_report(model: nn.Module, example_input: Any, loss_fn: Callable | 
     return {n: _judge(probe, [n], base_out, base[n], scales, rtol) for n in names}
 
 
-def find_scale_invariant(model: nn.Module, example_input: Any, loss_fn: Callable | None = None,
-                         scales: Sequence[float] = (0.5, 2.0), rtol: float = 1e-6, **kw) -> dict[str, bool]:
+def find_scale_invariant(
+    model: nn.Module,
+    example_input: Any,
+    loss_fn: Callable | None = None,
+    scales: Sequence[float] = (0.5, 2.0),
+    rtol: float = 1e-6,
+    **kw,
+) -> dict[str, bool]:
     """{parameter name: is it scale-invariant}: f(c w) = f(w) for c > 0 in training mode.
 
     The verdicts of `invariance_report` (same arguments; see it for the numerical criterion).
@@ -222,9 +277,17 @@ def find_scale_invariant(model: nn.Module, example_input: Any, loss_fn: Callable
     return {n: r.invariant for n, r in invariance_report(model, example_input, loss_fn, scales, rtol, **kw).items()}
 
 
-def joint_invariance(model: nn.Module, example_input: Any, names: Sequence[str], loss_fn: Callable | None = None,
-                     scales: Sequence[float] = (0.5, 2.0), rtol: float = 1e-6, norm_eps: float = 1e-12,
-                     perturb: float = 0.1, seed: int = 0) -> InvarianceResult:
+def joint_invariance(
+    model: nn.Module,
+    example_input: Any,
+    names: Sequence[str],
+    loss_fn: Callable | None = None,
+    scales: Sequence[float] = (0.5, 2.0),
+    rtol: float = 1e-6,
+    norm_eps: float = 1e-12,
+    perturb: float = 0.1,
+    seed: int = 0,
+) -> InvarianceResult:
     """Is the parameter SET `names` invariant when scaled jointly, (w_1..w_k) -> c (w_1..w_k)?
 
     E.g. a conv with bias before BN: neither weight nor bias alone is invariant, but
@@ -243,11 +306,13 @@ def joint_invariance(model: nn.Module, example_input: Any, names: Sequence[str],
 
 # --------------------------------------------------------------------------- audit
 
+
 def _group(model: nn.Module) -> dict[str, str]:
     from .optim import group_of
+
     out = {}
     for mname, m in model.named_modules():
-        for pname, p in m.named_parameters(recurse=False):
+        for pname, _p in m.named_parameters(recurse=False):
             g = group_of(m)
             if g == "conv" and pname != "weight":
                 g = "head"
@@ -255,8 +320,9 @@ def _group(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def audit(model: nn.Module, example_input: Any, weight_decay: Mapping[str, float] | float | None = None,
-          **kw) -> list[dict]:
+def audit(
+    model: nn.Module, example_input: Any, weight_decay: Mapping[str, float] | float | None = None, **kw
+) -> list[dict]:
     """One row per trainable parameter: what its L2 coefficient actually does.
 
     `weight_decay`: L2 coefficient per parameter name or per group name (`conv`, `bn`,
@@ -285,25 +351,45 @@ def audit(model: nn.Module, example_input: Any, weight_decay: Mapping[str, float
             role = "none (no effect on output)"
         else:
             role = "effective-lr control" if r.invariant else "regularizer"
-        rows.append({"name": name, "shape": tuple(params[name].shape), "numel": params[name].numel(),
-                     "group": groups.get(name, "head"), "invariant": r.invariant, "evidence": r.reason,
-                     "weight_decay": wd, "role": role})
+        rows.append(
+            {
+                "name": name,
+                "shape": tuple(params[name].shape),
+                "numel": params[name].numel(),
+                "group": groups.get(name, "head"),
+                "invariant": r.invariant,
+                "evidence": r.reason,
+                "weight_decay": wd,
+                "role": role,
+            }
+        )
     return rows
 
 
 def format_audit(rows: Sequence[Mapping[str, Any]]) -> str:
     """An aligned text table of `audit` rows, with a one-line summary at the end."""
     head = ("parameter", "shape", "group", "scale-inv", "L2", "role", "evidence")
-    body = [(str(r["name"]), "x".join(str(s) for s in r["shape"]) or "scalar", str(r.get("group", "")),
-             "yes" if r["invariant"] else "no", f"{r['weight_decay']:g}", str(r["role"]), str(r["evidence"]))
-            for r in rows]
+    body = [
+        (
+            str(r["name"]),
+            "x".join(str(s) for s in r["shape"]) or "scalar",
+            str(r.get("group", "")),
+            "yes" if r["invariant"] else "no",
+            f"{r['weight_decay']:g}",
+            str(r["role"]),
+            str(r["evidence"]),
+        )
+        for r in rows
+    ]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in [head, *body]]
     n_inv = sum(bool(r["invariant"]) for r in rows)
     n_lr = sum(r["role"] == "effective-lr control" for r in rows)
-    lines.append(f"{n_inv} of {len(rows)} parameters scale-invariant; L2 acts as an effective-lr control on {n_lr} "
-                 "of them and as a regularizer on "
-                 f"{sum(r['role'] == 'regularizer' for r in rows)}")
+    lines.append(
+        f"{n_inv} of {len(rows)} parameters scale-invariant; L2 acts as an effective-lr control on {n_lr} "
+        "of them and as a regularizer on "
+        f"{sum(r['role'] == 'regularizer' for r in rows)}"
+    )
     return "\n".join(lines)
 
 
@@ -317,6 +403,7 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     spec = spec.strip()
     if ":" not in spec:
         from . import models
+
         m = re.fullmatch(r"resnet(\d+)", spec)
         if m and spec != "resnet20":
             depth = int(m.group(1))
@@ -349,4 +436,5 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"{spec!r}() returned {type(model).__name__}, not a torch.nn.Module")
         return model
+
     return factory

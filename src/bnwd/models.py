@@ -3,6 +3,7 @@
 Every conv is bias-free and followed by BN, so every conv kernel is scale-invariant.
 The first block of every stage has a 1x1 projection shortcut (stride 1 in stage 1 too).
 """
+
 from __future__ import annotations
 
 import math
@@ -60,8 +61,9 @@ class BasicBlock(nn.Module):
 class ResNetV1(nn.Module):
     """CIFAR ResNet v1 of depth 6n+2: stem conv3x3-BN-ReLU, 3 stages of n blocks, GAP, dense."""
 
-    def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 10,
-                 bn_momentum: float = 0.003, bn_eps: float = 1e-5):
+    def __init__(
+        self, depth: int = 20, width: int = 16, num_classes: int = 10, bn_momentum: float = 0.003, bn_eps: float = 1e-5
+    ):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"ResNet v1 depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth}")
@@ -72,8 +74,10 @@ class ResNetV1(nn.Module):
         stages, cin = [], width
         for i, stride in enumerate((1, 2, 2)):
             cout = width * 2**i
-            blocks = [BasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1, j == 0, bn_momentum, bn_eps)
-                      for j in range(n)]
+            blocks = [
+                BasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1, j == 0, bn_momentum, bn_eps)
+                for j in range(n)
+            ]
             stages.append(nn.Sequential(*blocks))
             cin = cout
         self.stages = nn.Sequential(*stages)
@@ -99,7 +103,9 @@ def resnet20(**kw) -> ResNetV1:
 
 def conv_sqsum(model: nn.Module) -> float:
     """Sum of squared conv kernel entries (the article's `conv2d_sqsum`)."""
-    return float(sum(m.weight.detach().float().pow(2).sum() for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)))
+    return float(
+        sum(m.weight.detach().float().pow(2).sum() for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd))
+    )
 
 
 def set_bn(model: nn.Module, momentum: float | None = None, eps: float | None = None) -> None:

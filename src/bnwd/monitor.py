@@ -55,6 +55,7 @@ which torch optimizers skip) does not enter that step's window mean or EMA; neit
 parameter whose norm before the step was 0 (e.g. a zero-initialised bias at step 1), for
 which ``rel`` and ``angle`` are undefined. Entries with no valid step in the window are NaN.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,9 +65,11 @@ import torch
 import torch.nn as nn
 
 #: Optimizers whose update does not scale with the gradient: eff lr = lr / ||w||.
-ADAPTIVE = tuple(getattr(torch.optim, n) for n in
-                 ("Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adagrad", "RMSprop", "Adadelta")
-                 if hasattr(torch.optim, n))
+ADAPTIVE = tuple(
+    getattr(torch.optim, n)
+    for n in ("Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adagrad", "RMSprop", "Adadelta")
+    if hasattr(torch.optim, n)
+)
 LAYERS = ("auto", "conv", "all", "none")
 _M = ("rel", "angle", "grad_sq_unit")  # the per-step metrics kept as window mean / last / EMA
 STATE_VERSION = 3
@@ -107,8 +110,15 @@ class Monitor:
         mon.remove()           # or: with Monitor(...) as mon: ...
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, sample_every: int = 1,
-                 halflife: float | None = None, layers: str = "auto", eff_lr_power: float | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        sample_every: int = 1,
+        halflife: float | None = None,
+        layers: str = "auto",
+        eff_lr_power: float | None = None,
+    ):
         if int(sample_every) != sample_every or sample_every < 1:
             raise ValueError(f"sample_every must be an integer >= 1 (steps), got {sample_every!r}")
         if layers not in LAYERS:
@@ -121,12 +131,15 @@ class Monitor:
         self.adaptive = isinstance(optimizer, ADAPTIVE)
         self.power = float(eff_lr_power if eff_lr_power is not None else (1.0 if self.adaptive else 2.0))
 
-        conv_ids = {id(m.weight) for m in model.modules()
-                    if isinstance(m, nn.modules.conv._ConvNd) and isinstance(m.weight, torch.Tensor)}
+        conv_ids = {
+            id(m.weight)
+            for m in model.modules()
+            if isinstance(m, nn.modules.conv._ConvNd) and isinstance(m.weight, torch.Tensor)
+        }
         by_id = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         self.params: list[torch.Tensor] = []
         self.names: list[str] = []
-        self.group_of: list[int] = []   # index of the param's optimizer group
+        self.group_of: list[int] = []  # index of the param's optimizer group
         self.is_conv: list[bool] = []
         self.group_names: list[str] = []
         seen: set[int] = set()
@@ -139,8 +152,9 @@ class Monitor:
                     continue
                 seen.add(id(p))
                 self.params.append(p)
-                self.names.append(str(pnames[j]) if pnames is not None and j < len(pnames)
-                                  else by_id.get(id(p), f"{gname}.{j}"))
+                self.names.append(
+                    str(pnames[j]) if pnames is not None and j < len(pnames) else by_id.get(id(p), f"{gname}.{j}")
+                )
                 self.group_of.append(gi)
                 self.is_conv.append(id(p) in conv_ids)
         if not self.params:
@@ -150,7 +164,7 @@ class Monitor:
             raise ValueError(f"Monitor needs all parameters on one device, got {sorted(map(str, devices))}")
         dev = self.device = self.params[0].device
         self.P, self.G = len(self.params), len(optimizer.param_groups)
-        U = self.U = self.P + self.G   # units: every parameter, then every group as one vector
+        U = self.U = self.P + self.G  # units: every parameter, then every group as one vector
         f64 = dict(dtype=torch.float64, device=dev)
         member = torch.zeros(self.G, self.P, dtype=torch.float64)
         member[self.group_of, list(range(self.P))] = 1.0
@@ -161,14 +175,14 @@ class Monitor:
             sq = self._sqnorms(self.params)
         # accumulators, all on the device, one row per unit
         M = len(_M)
-        self.win_sum = torch.zeros(U, M, **f64)   # columns: _M
+        self.win_sum = torch.zeros(U, M, **f64)  # columns: _M
         self.win_cnt = torch.zeros(U, **f64)
         self.last = torch.full((U, M), math.nan, **f64)
         self.ema = torch.zeros(U, M, **f64)
-        self.ema_w = torch.zeros(U, **f64)        # 1 - d^n for the bias correction
+        self.ema_w = torch.zeros(U, **f64)  # 1 - d^n for the bias correction
         self.sq = torch.cat([sq, self._member @ sq])
         self.init_sq = self.sq.clone()
-        self._gsq = torch.zeros(self.P, **f64)    # ||grad||^2 of the step in flight
+        self._gsq = torch.zeros(self.P, **f64)  # ||grad||^2 of the step in flight
         self.lrs = [_lr(g["lr"]) for g in optimizer.param_groups]
         self.init_lrs = list(self.lrs)
         self.step = 0
@@ -198,15 +212,17 @@ class Monitor:
             params = [p.detach() for p in self.params]
             nb = torch._foreach_norm(self._before, 2, dtype=torch.float64)
             na = torch._foreach_norm(params, 2, dtype=torch.float64)
-            torch._foreach_sub_(self._before, params)                                # now wb - wa = -s
+            torch._foreach_sub_(self._before, params)  # now wb - wa = -s
             ns = torch._foreach_norm(self._before, 2, dtype=torch.float64)
-            n = torch.stack([torch.stack(nb), torch.stack(na), torch.stack(ns)], 1).square()  # (P, 3): |wb|^2 |wa|^2 |s|^2
+            n = torch.stack(
+                [torch.stack(nb), torch.stack(na), torch.stack(ns)], 1
+            ).square()  # (P, 3): |wb|^2 |wa|^2 |s|^2
             upd = self._mask()
             x = n * upd[:, None]
-            x = torch.cat([x, self._member @ x])                                      # (U, 3)
+            x = torch.cat([x, self._member @ x])  # (U, 3)
             upd_u = torch.cat([upd, (self._member @ upd).clamp_max(1.0)])
             bb, aa, ss = x.unbind(1)
-            bs = 0.5 * (aa - bb - ss)                                                # wb . s
+            bs = 0.5 * (aa - bb - ss)  # wb . s
             valid = upd_u * (bb > 0)
             bbs = torch.where(bb > 0, bb, torch.ones_like(bb))
             rel = (ss / bbs).sqrt()
@@ -245,34 +261,73 @@ class Monitor:
         with torch.no_grad():
             cnt = self.win_cnt[:, None]
             mean = torch.where(cnt > 0, self.win_sum / cnt.clamp_min(1), torch.full_like(self.win_sum, math.nan))
-            ema = torch.where(self.ema_w[:, None] > 0, self.ema / self.ema_w[:, None].clamp_min(1e-300),
-                              torch.full_like(self.ema, math.nan))
+            ema = torch.where(
+                self.ema_w[:, None] > 0,
+                self.ema / self.ema_w[:, None].clamp_min(1e-300),
+                torch.full_like(self.ema, math.nan),
+            )
             p = self.power
             eff = self._lr_vec(self.lrs) / self.sq.pow(p / 2)
             eff0 = self._lr_vec(self.init_lrs) / self.init_sq.pow(p / 2)
-            table = torch.stack([self.sq, mean[:, 0], self.last[:, 0], ema[:, 0], mean[:, 1], self.last[:, 1],
-                                 ema[:, 1], eff, eff / eff0, mean[:, 2], ema[:, 2]]).cpu().tolist()
+            table = (
+                torch.stack(
+                    [
+                        self.sq,
+                        mean[:, 0],
+                        self.last[:, 0],
+                        ema[:, 0],
+                        mean[:, 1],
+                        self.last[:, 1],
+                        ema[:, 1],
+                        eff,
+                        eff / eff0,
+                        mean[:, 2],
+                        ema[:, 2],
+                    ]
+                )
+                .cpu()
+                .tolist()
+            )
             self.win_sum.zero_()
             self.win_cnt.zero_()
         sq, rel, rel_last, rel_ema, ang, ang_last, ang_ema, eff, eff_rel, gu, gu_ema = table
-        cols = (("sqnorm", sq), ("rel_step", rel), ("rel_step_last", rel_last), ("rel_step_ema", rel_ema),
-                ("angle", ang), ("angle_last", ang_last), ("angle_ema", ang_ema), ("eff_lr", eff),
-                ("eff_lr_rel", eff_rel), ("grad_sq_unit", gu), ("grad_sq_unit_ema", gu_ema))
+        cols = (
+            ("sqnorm", sq),
+            ("rel_step", rel),
+            ("rel_step_last", rel_last),
+            ("rel_step_ema", rel_ema),
+            ("angle", ang),
+            ("angle_last", ang_last),
+            ("angle_ema", ang_ema),
+            ("eff_lr", eff),
+            ("eff_lr_rel", eff_rel),
+            ("grad_sq_unit", gu),
+            ("grad_sq_unit_ema", gu_ema),
+        )
         out: dict[str, float] = {"step": self.step}
         conv = [i for i in range(self.P) if self.is_conv[i]]
         if conv:
             m = lambda xs: _nanmean([xs[i] for i in conv])  # noqa: E731
-            out.update({"conv_sqsum": sum(sq[i] for i in conv),
-                        "conv_sqsum_rel": sum(sq[i] for i in conv) / sum(self._init_sq_list()[i] for i in conv),
-                        "rel_step_conv": m(rel), "rel_step_conv_last": m(rel_last), "rel_step_conv_ema": m(rel_ema),
-                        "angle_conv": m(ang), "angle_conv_last": m(ang_last), "angle_conv_ema": m(ang_ema),
-                        "eff_lr_conv": m(eff), "eff_lr_rel_conv": m(eff_rel)})
+            out.update(
+                {
+                    "conv_sqsum": sum(sq[i] for i in conv),
+                    "conv_sqsum_rel": sum(sq[i] for i in conv) / sum(self._init_sq_list()[i] for i in conv),
+                    "rel_step_conv": m(rel),
+                    "rel_step_conv_last": m(rel_last),
+                    "rel_step_conv_ema": m(rel_ema),
+                    "angle_conv": m(ang),
+                    "angle_conv_last": m(ang_last),
+                    "angle_conv_ema": m(ang_ema),
+                    "eff_lr_conv": m(eff),
+                    "eff_lr_rel_conv": m(eff_rel),
+                }
+            )
         if self.layers != "conv":
             for gi, g in enumerate(self.group_names):
                 for key, xs in cols:
                     out[f"{key}/group/{g}"] = xs[self.P + gi]
         if self.layers != "none":
-            for i in (range(self.P) if self.layers == "all" else conv):
+            for i in range(self.P) if self.layers == "all" else conv:
                 for key, xs in cols:
                     out[f"{key}/{self.group_names[self.group_of[i]]}/{self.names[i]}"] = xs[i]
         return out
@@ -294,7 +349,7 @@ class Monitor:
             h.remove()
         self.handles = []
 
-    def __enter__(self) -> "Monitor":
+    def __enter__(self) -> Monitor:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -302,25 +357,37 @@ class Monitor:
 
     def state_dict(self) -> dict:
         """Window and EMA accumulators, last values, init norms and lrs, step (CPU tensors)."""
-        return {"version": STATE_VERSION, "keys": self.keys, "step": self.step, "halflife": self.halflife,
-                "lrs": [v.cpu() if isinstance(v, torch.Tensor) else v for v in self.lrs],
-                "init_lrs": [v.cpu() if isinstance(v, torch.Tensor) else v for v in self.init_lrs],
-                **{k: getattr(self, k).cpu().clone() for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq")}}
+        return {
+            "version": STATE_VERSION,
+            "keys": self.keys,
+            "step": self.step,
+            "halflife": self.halflife,
+            "lrs": [v.cpu() if isinstance(v, torch.Tensor) else v for v in self.lrs],
+            "init_lrs": [v.cpu() if isinstance(v, torch.Tensor) else v for v in self.init_lrs],
+            **{
+                k: getattr(self, k).cpu().clone()
+                for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq")
+            },
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()` of a monitor over the same parameters (ValueError otherwise)."""
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"not a bnwd Monitor state of this version ({STATE_VERSION}); "
-                             f"got version {state.get('version')!r}")
+            raise ValueError(
+                f"not a bnwd Monitor state of this version ({STATE_VERSION}); got version {state.get('version')!r}"
+            )
         if list(state["keys"]) != self.keys:
-            raise ValueError("Monitor state was saved for other parameters "
-                             f"({len(state['keys'])} tracked there, {self.P} here)")
+            raise ValueError(
+                f"Monitor state was saved for other parameters ({len(state['keys'])} tracked there, {self.P} here)"
+            )
         if float(state["halflife"]) != self.halflife:
             raise ValueError(f"Monitor state has halflife {state['halflife']}, this monitor {self.halflife}")
         for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq"):
             v = state[k]
             if tuple(v.shape) != tuple(getattr(self, k).shape):
-                raise ValueError(f"Monitor state {k!r} has shape {tuple(v.shape)}, expected {tuple(getattr(self, k).shape)}")
+                raise ValueError(
+                    f"Monitor state {k!r} has shape {tuple(v.shape)}, expected {tuple(getattr(self, k).shape)}"
+                )
             setattr(self, k, v.to(self.device, torch.float64).clone())
         self.step = int(state["step"])
         self.lrs = [_lr(v) for v in state["lrs"]]

@@ -3,10 +3,11 @@
 Groups are a pure function of the model (timm style): each a dict with a `"name"`
 (`conv`, `bn`, `head`), its `params`, their `param_names` and its own L2 coefficient.
 """
+
 from __future__ import annotations
 
 import bisect
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -45,8 +46,11 @@ def param_groups(model: nn.Module, weight_decay: float | Mapping[str, float] = 0
             if g == "conv" and pname != "weight":
                 g = "head"
             buckets[g].append((f"{mname}.{pname}" if mname else pname, p))
-    return [{"name": g, "params": [p for _, p in ps], "param_names": [n for n, _ in ps], "weight_decay": wd.get(g, 0.0)}
-            for g, ps in buckets.items() if ps]
+    return [
+        {"name": g, "params": [p for _, p in ps], "param_names": [n for n, _ in ps], "weight_decay": wd.get(g, 0.0)}
+        for g, ps in buckets.items()
+        if ps
+    ]
 
 
 def step_lr(step: int, steps_per_epoch: int, base_lr: float, milestones: Iterable[float], gamma: float = 0.1) -> float:
@@ -67,8 +71,13 @@ def article_lr_factor(epoch: float | torch.Tensor):
     """
     e = epoch
     if isinstance(e, torch.Tensor):
-        return torch.where(e < 10, 1 - 0.05 * e, torch.where(e < 50, 0.5 - 0.0025 * (e - 10),
-                           torch.where(e < 100, 0.4 + 0.006 * (e - 50), 0.7 + 0.001 * (e - 100))))
+        return torch.where(
+            e < 10,
+            1 - 0.05 * e,
+            torch.where(
+                e < 50, 0.5 - 0.0025 * (e - 10), torch.where(e < 100, 0.4 + 0.006 * (e - 50), 0.7 + 0.001 * (e - 100))
+            ),
+        )
     if e < 10:
         return 1.0 - 0.05 * e
     if e < 50:
@@ -78,8 +87,9 @@ def article_lr_factor(epoch: float | torch.Tensor):
     return 0.7 + 0.001 * (e - 100)
 
 
-def make_optimizer(groups: list[dict], name: str, lr: float, momentum: float = 0.9,
-                   betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+def make_optimizer(
+    groups: list[dict], name: str, lr: float, momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.Optimizer:
     """`sgd`: torch SGD with momentum, L2 via `weight_decay` (= TF MomentumOptimizer + L2 loss
     `wd * sum(w^2)/2`); `adam`: Adam with coupled L2; `adamw`: decoupled weight decay."""
     if name == "sgd":

@@ -8,21 +8,27 @@ Figures are built with `matplotlib.figure.Figure` (no pyplot, no global backend,
 close) and saved as PNG (dpi 130) and SVG. Each `plot_*` function returns the Figure, or
 None when none of its variants has data.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
 from .errors import BnwdError
 
 # Variant -> (color, line style). Baseline orange and no_conv_l2 blue as in the article.
-COLORS = {"baseline": "#ff7f0e", "no_conv_l2": "#1f77b4", "lr_scaled": "#2ca02c", "lr_scaled_bn098": "#9467bd",
-          "lr_exact": "black"}
+COLORS = {
+    "baseline": "#ff7f0e",
+    "no_conv_l2": "#1f77b4",
+    "lr_scaled": "#2ca02c",
+    "lr_scaled_bn098": "#9467bd",
+    "lr_exact": "black",
+}
 STYLES = {"lr_exact": "--"}
 ORDER = list(COLORS)
 ARTICLE_EPOCHS = 150.0
@@ -37,24 +43,26 @@ CAPTIONS = {
     "test_acc_2": "Test accuracy with the conv L2 replaced by a conv learning-rate factor (lr_scaled).",
     "test_acc_3": "Test accuracy with BN decay 0.98 (lr_scaled_bn098), which lets the BN moving averages keep up.",
     "conv_sqsum": "Sum of squared conv weights: without conv L2 the weights grow much faster. Dashed: where "
-                  "the baseline's norm would settle at the current lr and measured gradient scale (equilibrium theory).",
+    "the baseline's norm would settle at the current lr and measured gradient scale (equilibrium theory).",
     "conv_sqsum_log": "Sum of squared conv weights, log scale: with lr scaling they grow to extreme values.",
     "rel_step_1": "Mean over conv layers of ||step|| / ||w|| (EMA, quarter-epoch half-life): without conv L2 it decays.",
     "rel_step_2": "Relative step size of all runs: lr scaling reproduces the baseline's.",
     "lr_factor": "Conv learning-rate factor of the runs without conv L2, and the baseline's S(t)/S(0) it stands in for.",
     "train_loss": "Training loss (mean over each sample window).",
     "exact": "Baseline (conv L2) vs lr_exact (no conv L2, the exact lr transform, BN statistics rescaled): "
-             "train loss, relative step and test accuracy. The two are the same dynamics up to rounding, but early "
-             "training is chaotic (rounding differences grow ~3x per step, `benchmarks/chaos.py`), so they agree "
-             "as two seeds do, statistically rather than pointwise.",
+    "train loss, relative step and test accuracy. The two are the same dynamics up to rounding, but early "
+    "training is chaotic (rounding differences grow ~3x per step, `benchmarks/chaos.py`), so they agree "
+    "as two seeds do, statistically rather than pointwise.",
 }
 
 
 # ---------------------------------------------------------------- loading
 
+
 @dataclass
 class Run:
     """One run directory: its config, metric rows, per-key arrays (NaN where missing) and summary."""
+
     path: Path
     config: dict
     rows: list[dict]
@@ -182,12 +190,13 @@ def by_variant(runs: list[Run]) -> dict[str, list[Run]]:
 
 # ---------------------------------------------------------------- seeds -> mean +- std
 
+
 @dataclass
 class Curve:
     epoch: np.ndarray
     mean: np.ndarray
-    std: np.ndarray   # over seeds, ddof=1; 0 where only one seed has a value
-    n: np.ndarray     # seeds with a value at each point
+    std: np.ndarray  # over seeds, ddof=1; 0 where only one seed has a value
+    n: np.ndarray  # seeds with a value at each point
 
 
 def aggregate(runs: list[Run], key: str) -> Curve:
@@ -217,7 +226,7 @@ def aggregate(runs: list[Run], key: str) -> Curve:
     n = ok.sum(0)
     mean = np.where(ok, a, 0).sum(0) / np.maximum(n, 1)
     dev = np.where(ok, a - mean, 0.0)
-    std = np.where(n > 1, np.sqrt((dev ** 2).sum(0) / np.maximum(n - 1, 1)), 0.0)
+    std = np.where(n > 1, np.sqrt((dev**2).sum(0) / np.maximum(n - 1, 1)), 0.0)
     return Curve(e0, mean, std, n.astype(float))
 
 
@@ -229,8 +238,10 @@ def mean_std(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 # ---------------------------------------------------------------- drawing
 
+
 def _new_figure(nrows: int = 1, height: float = 4.3):
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7.2, height * nrows if nrows > 1 else height))
     axes = [fig.add_subplot(nrows, 1, i + 1) for i in range(nrows)]
     return fig, axes
@@ -263,6 +274,7 @@ def _milestones(ax, runs: list[Run]) -> None:
 
 def _finish(fig, ax, title: str, ylabel: str, runs: list[Run], log: bool, band: bool, note: str = "") -> None:
     from matplotlib.patches import Patch
+
     _milestones(ax, runs)
     if log:
         ax.set_yscale("log")
@@ -285,8 +297,9 @@ def _label(v: str, n: int) -> str:
     return f"{v} ({n} seed{'s' if n != 1 else ''})"
 
 
-def _draw_variants(ax, runs: list[Run], key: str, variants: list[str], scale: float = 1.0,
-                   log: bool = False) -> tuple[int, bool]:
+def _draw_variants(
+    ax, runs: list[Run], key: str, variants: list[str], scale: float = 1.0, log: bool = False
+) -> tuple[int, bool]:
     """Mean line and +-1 std band per variant; returns (curves drawn, any band drawn)."""
     groups = by_variant(runs)
     drawn, band = 0, False
@@ -300,8 +313,15 @@ def _draw_variants(ax, runs: list[Run], key: str, variants: list[str], scale: fl
             continue
         e, m, s = c.epoch[keep], m[keep], s[keep]
         color = COLORS.get(v)
-        ax.plot(e, m, STYLES.get(v, "-"), color=color, lw=1.5, marker="." if len(e) < 3 else None,
-                label=_label(v, len(groups[v])))
+        ax.plot(
+            e,
+            m,
+            STYLES.get(v, "-"),
+            color=color,
+            lw=1.5,
+            marker="." if len(e) < 3 else None,
+            label=_label(v, len(groups[v])),
+        )
         if len(groups[v]) > 1 and len(e) > 1:
             lo = np.maximum(m - s, m * 0.05) if log else m - s
             ax.fill_between(e, lo, m + s, color=color or "grey", alpha=0.2, lw=0)
@@ -310,8 +330,16 @@ def _draw_variants(ax, runs: list[Run], key: str, variants: list[str], scale: fl
     return drawn, band
 
 
-def _curves(runs: list[Run], key: str, variants: list[str], title: str, ylabel: str, log: bool = False,
-            scale: float = 1.0, extra: Callable | None = None):
+def _curves(
+    runs: list[Run],
+    key: str,
+    variants: list[str],
+    title: str,
+    ylabel: str,
+    log: bool = False,
+    scale: float = 1.0,
+    extra: Callable | None = None,
+):
     fig, (ax,) = _new_figure()
     drawn, band = _draw_variants(ax, runs, key, variants, scale, log)
     if not drawn:
@@ -323,6 +351,7 @@ def _curves(runs: list[Run], key: str, variants: list[str], title: str, ylabel: 
 
 
 # ---------------------------------------------------------------- theory
+
 
 def equilibrium_angular_update(lr, cfg: dict) -> np.ndarray | None:
     """Equilibrium angular update per step of a scale-invariant weight at learning rate(s) `lr`.
@@ -337,6 +366,7 @@ def equilibrium_angular_update(lr, cfg: dict) -> np.ndarray | None:
     if lam <= 0 or opt not in ("sgd", "adamw") or not 0 <= mu < 1:
         return None
     from . import theory
+
     fn = theory.sgd_equilibrium if opt == "sgd" else theory.adamw_equilibrium
     return np.array([fn(float(x), lam, mu)["angular_update"] if x > 0 else 0.0 for x in lr])
 
@@ -351,7 +381,7 @@ def lr_schedule(cfg: dict) -> tuple[np.ndarray, np.ndarray] | None:
     except (KeyError, TypeError, ValueError):
         return None
     x = np.array([0.0, *ms, E])
-    y = np.array([lr0 * gamma ** k for k in range(len(ms) + 1)] + [lr0 * gamma ** len(ms)])
+    y = np.array([lr0 * gamma**k for k in range(len(ms) + 1)] + [lr0 * gamma ** len(ms)])
     return x, y
 
 
@@ -373,8 +403,15 @@ def _theory_line(ax, runs: list[Run]) -> bool:
     if pred is None:
         return False
     opt = run.config.get("optimizer", "sgd")
-    ax.step(e, pred, where=where, color="grey", ls="--", lw=1.1,
-            label="equilibrium prediction (SGD+L2)" if opt == "sgd" else "equilibrium prediction (AdamW)")
+    ax.step(
+        e,
+        pred,
+        where=where,
+        color="grey",
+        ls="--",
+        lw=1.1,
+        label="equilibrium prediction (SGD+L2)" if opt == "sgd" else "equilibrium prediction (AdamW)",
+    )
     return True
 
 
@@ -384,6 +421,7 @@ _GSQ = "grad_sq_unit_ema/conv/"
 
 def _conv_dims(cfg: dict) -> dict[str, int]:
     from .models import resnet
+
     model = resnet(int(cfg.get("depth", 20)), width=int(cfg.get("width", 16)))
     return {n: p.numel() for n, p in model.named_parameters() if p.dim() == 4}
 
@@ -398,6 +436,7 @@ def equilibrium_sqsum(run: Run) -> np.ndarray | None:
     conv weight decay, another optimizer, or (SGD) no `grad_sq_unit` metrics.
     """
     from . import theory
+
     cfg = run.config
     lam, mu, opt = float(cfg.get("weight_decay") or 0.0), float(cfg.get("momentum", 0.9)), cfg.get("optimizer", "sgd")
     if run.variant != "baseline" or not lam > 0 or not 0 <= mu < 1 or opt not in ("sgd", "adamw"):
@@ -443,14 +482,21 @@ def _sqsum_theory_line(ax, runs: list[Run]) -> bool:
     if ok.sum() < 2:
         return False
     opt = base[0].config.get("optimizer", "sgd")
-    ax.plot(c.epoch[ok], c.mean[ok], color="grey", ls="--", lw=1.1,
-            label="baseline's equilibrium at the current lr" + (" and gradient scale" if opt == "sgd" else " (AdamW)"))
+    ax.plot(
+        c.epoch[ok],
+        c.mean[ok],
+        color="grey",
+        ls="--",
+        lw=1.1,
+        label="baseline's equilibrium at the current lr" + (" and gradient scale" if opt == "sgd" else " (AdamW)"),
+    )
     return True
 
 
 def _tidy_log(ax) -> None:
     """Plain tick labels on a log axis that spans less than a decade (no 1.02 x 10^0)."""
     from matplotlib.ticker import FuncFormatter
+
     lo, hi = ax.get_ylim()
     if lo > 0 and hi / lo < 10:
         d = int(math.ceil(math.log10(hi / (hi - lo)))) + 3
@@ -461,6 +507,7 @@ def _tidy_log(ax) -> None:
 
 # ---------------------------------------------------------------- the figures
 
+
 def plot_test_acc(runs: list[Run], variants: list[str] | None = None, title: str | None = None):
     return _curves(runs, "test_acc", variants or ALL, title or "Test accuracy", "test accuracy (%)", scale=100.0)
 
@@ -468,20 +515,39 @@ def plot_test_acc(runs: list[Run], variants: list[str] | None = None, title: str
 def plot_conv_sqsum(runs: list[Run], variants: list[str] | None = None, log: bool = False, theory: bool = True):
     title = "Sum of squared conv weights" + (" (log scale)" if log else "")
     extra = (lambda ax: _sqsum_theory_line(ax, runs)) if theory else None
-    return _curves(runs, "conv_sqsum", variants or (ALL if log else PAIR), title, "sum of squared conv weights",
-                   log=log, extra=extra)
+    return _curves(
+        runs,
+        "conv_sqsum",
+        variants or (ALL if log else PAIR),
+        title,
+        "sum of squared conv weights",
+        log=log,
+        extra=extra,
+    )
 
 
 def plot_rel_step(runs: list[Run], variants: list[str] | None = None, theory: bool = True):
     extra = (lambda ax: _theory_line(ax, runs)) if theory else None
-    return _curves(runs, "rel_step_conv_ema", variants or ALL,
-                   "Mean relative step size of conv layers (EMA, quarter-epoch half-life)",
-                   "mean ||Δw||/||w|| of conv layers, per step", log=True, extra=extra)
+    return _curves(
+        runs,
+        "rel_step_conv_ema",
+        variants or ALL,
+        "Mean relative step size of conv layers (EMA, quarter-epoch half-life)",
+        "mean ||Δw||/||w|| of conv layers, per step",
+        log=True,
+        extra=extra,
+    )
 
 
 def plot_train_loss(runs: list[Run], variants: list[str] | None = None):
-    return _curves(runs, "train_loss", variants or ALL, "Training loss (mean over each sample window)",
-                   "training loss (cross-entropy)", log=True)
+    return _curves(
+        runs,
+        "train_loss",
+        variants or ALL,
+        "Training loss (mean over each sample window)",
+        "training loss (cross-entropy)",
+        log=True,
+    )
 
 
 def plot_exact(runs: list[Run]):
@@ -492,9 +558,11 @@ def plot_exact(runs: list[Run]):
         return None
     pair = ["baseline", "lr_exact"]
     fig, axes = _new_figure(3, height=3.2)
-    panels = (("train_loss", "training loss", True, 1.0, "Training loss"),
-              ("rel_step_conv_ema", "mean ||Δw||/||w|| (conv)", True, 1.0, "Relative step size of conv layers (EMA)"),
-              ("test_acc", "test accuracy (%)", False, 100.0, "Test accuracy"))
+    panels = (
+        ("train_loss", "training loss", True, 1.0, "Training loss"),
+        ("rel_step_conv_ema", "mean ||Δw||/||w|| (conv)", True, 1.0, "Relative step size of conv layers (EMA)"),
+        ("test_acc", "test accuracy (%)", False, 100.0, "Test accuracy"),
+    )
     for ax, (key, ylabel, log, scale, title) in zip(axes, panels):
         _, band = _draw_variants(ax, runs, key, pair, scale, log)
         _finish(fig, ax, f"{title}: conv L2 vs the exact lr transform", ylabel, runs, log, band)
@@ -504,6 +572,7 @@ def plot_exact(runs: list[Run]):
 def _article_curve(E: float) -> tuple[np.ndarray, np.ndarray]:
     """The article's piecewise-linear S_ref(t)/S(0), its 150 epochs mapped onto [0, E]."""
     from .optim import article_lr_factor
+
     x = np.linspace(0.0, E, 400)
     return x, np.array([article_lr_factor(float(t) * ARTICLE_EPOCHS / E) for t in x])
 
@@ -513,8 +582,11 @@ def plot_lr_factor(runs: list[Run]):
     measured S(t)/S(0) and the article's piecewise-linear fit of it (the article's figure).
     A panel without data is left out; None when neither has data."""
     groups = by_variant(runs)
-    scaled = [v for v in ("lr_scaled", "lr_scaled_bn098", "lr_exact") if v in groups
-              and any(r.has("lr_factor") for r in groups[v])]
+    scaled = [
+        v
+        for v in ("lr_scaled", "lr_scaled_bn098", "lr_exact")
+        if v in groups and any(r.has("lr_factor") for r in groups[v])
+    ]
     base = groups.get("baseline")
     base_ok = bool(base) and any(r.has("conv_sqsum") for r in base)
     panels = int(bool(scaled)) + int(base_ok)
@@ -531,9 +603,15 @@ def plot_lr_factor(runs: list[Run]):
         _, band = _draw_variants(ax, runs, "lr_factor", scaled, log=True)
         ax.axhline(1.0, color="grey", lw=0.8)
         modes = sorted({str(r.config.get("lr_scaling", "?")) for v in scaled if v != "lr_exact" for r in groups[v]})
-        _finish(fig, ax, "Conv learning-rate factor replacing conv L2"
-                + (f" (lr_scaling: {', '.join(modes)})" if modes else ""),
-                "multiplier on conv gradients", runs, True, band)
+        _finish(
+            fig,
+            ax,
+            "Conv learning-rate factor replacing conv L2" + (f" (lr_scaling: {', '.join(modes)})" if modes else ""),
+            "multiplier on conv gradients",
+            runs,
+            True,
+            band,
+        )
     if base_ok:
         ax = axes[i]
         c = aggregate(base, "conv_sqsum")
@@ -542,18 +620,47 @@ def plot_lr_factor(runs: list[Run]):
         known = bool(s0)
         s0 = float(np.mean(s0)) if known else float(c.mean[0])
         x0, y0 = (np.r_[0.0, c.epoch], np.r_[1.0, c.mean / s0]) if known and c.epoch[0] > 0 else (c.epoch, c.mean / s0)
-        ax.plot(x0, y0, color=COLORS["baseline"], lw=1.5,
-                label=f"baseline S(t)/S(0), measured ({len(base)} seed{'s' if len(base) != 1 else ''})")
+        ax.plot(
+            x0,
+            y0,
+            color=COLORS["baseline"],
+            lw=1.5,
+            label=f"baseline S(t)/S(0), measured ({len(base)} seed{'s' if len(base) != 1 else ''})",
+        )
         x, y = _article_curve(E)
-        ax.plot(x, y, color="grey", ls="--", lw=1.2,
-                label="article's fit (150 epochs)" + (f", mapped onto {E:g}" if mapped else ""))
-        _finish(fig, ax, "Baseline's S(t)/S(0) and the article's piecewise-linear fit of it", "S(t) / S(0)", runs,
-                False, False, note=f"article's curve at epoch x 150/{E:g}" if mapped else "")
+        ax.plot(
+            x,
+            y,
+            color="grey",
+            ls="--",
+            lw=1.2,
+            label="article's fit (150 epochs)" + (f", mapped onto {E:g}" if mapped else ""),
+        )
+        _finish(
+            fig,
+            ax,
+            "Baseline's S(t)/S(0) and the article's piecewise-linear fit of it",
+            "S(t) / S(0)",
+            runs,
+            False,
+            False,
+            note=f"article's curve at epoch x 150/{E:g}" if mapped else "",
+        )
     return fig
 
 
-FIGURES = ("test_acc_1", "test_acc_2", "test_acc_3", "conv_sqsum", "conv_sqsum_log", "rel_step_1", "rel_step_2",
-           "lr_factor", "train_loss", "exact")
+FIGURES = (
+    "test_acc_1",
+    "test_acc_2",
+    "test_acc_3",
+    "conv_sqsum",
+    "conv_sqsum_log",
+    "rel_step_1",
+    "rel_step_2",
+    "lr_factor",
+    "train_loss",
+    "exact",
+)
 
 
 def _builders(runs: list[Run], theory: bool) -> dict[str, Callable]:
@@ -562,8 +669,9 @@ def _builders(runs: list[Run], theory: bool) -> dict[str, Callable]:
     return {
         "test_acc_1": lambda: plot_test_acc(runs, PAIR, "Test accuracy: L2 on all layers vs no L2 on conv layers"),
         "test_acc_2": lambda: plot_test_acc(runs, three, "Test accuracy: conv L2 replaced by a conv lr factor"),
-        "test_acc_3": lambda: plot_test_acc(runs, ALL, "Test accuracy: + BN decay 0.98"
-                                            + (" (and the exact transform)" if has_exact else "")),
+        "test_acc_3": lambda: plot_test_acc(
+            runs, ALL, "Test accuracy: + BN decay 0.98" + (" (and the exact transform)" if has_exact else "")
+        ),
         "conv_sqsum": lambda: plot_conv_sqsum(runs, PAIR, log=False, theory=theory),
         "conv_sqsum_log": lambda: plot_conv_sqsum(runs, ALL, log=True, theory=theory),
         "rel_step_1": lambda: plot_rel_step(runs, PAIR, theory),

@@ -1,4 +1,5 @@
 """Summary table (mean +- std over seeds) and a report that checks the article's claims."""
+
 from __future__ import annotations
 
 import csv
@@ -16,13 +17,26 @@ from .plots import ARTICLE_EPOCHS, CAPTIONS, EQ_KEY, Run, aggregate, by_variant,
 COLUMNS = ("final_test_acc", "final_train_loss", "final_test_loss", "gap", "final_conv_sqsum", "epochs", "wall_s")
 
 # The article's settings (tensorflow/models official resnet, as the article ran it).
-ARTICLE = {"epochs": 150.0, "lr": 0.1, "lr_milestones": [50.0, 100.0], "lr_gamma": 0.1, "batch_size": 128,
-           "momentum": 0.9, "weight_decay": 2e-4, "optimizer": "sgd", "depth": 20, "width": 16,
-           "bn_momentum": 0.003, "train_subset": 0, "test_subset": 0}
+ARTICLE = {
+    "epochs": 150.0,
+    "lr": 0.1,
+    "lr_milestones": [50.0, 100.0],
+    "lr_gamma": 0.1,
+    "batch_size": 128,
+    "momentum": 0.9,
+    "weight_decay": 2e-4,
+    "optimizer": "sgd",
+    "depth": 20,
+    "width": 16,
+    "bn_momentum": 0.003,
+    "train_subset": 0,
+    "test_subset": 0,
+}
 ARTICLE_TEXT = {"train_subset": "all 50,000", "test_subset": "all 10,000", "bn_momentum": "0.003, i.e. TF decay 0.997"}
 
 
 # ---------------------------------------------------------------- numbers
+
 
 def _f(x) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
@@ -34,8 +48,14 @@ def _final_from_metrics(run: Run) -> dict:
     """Fallbacks for a run without (a complete) summary.json: the last sample/evaluation."""
     m = run.metrics
     out = {}
-    for key, src in (("final_test_acc", "test_acc"), ("final_test_loss", "test_loss"), ("final_train_loss", "train_loss"),
-                     ("final_train_acc", "train_acc"), ("final_conv_sqsum", "conv_sqsum"), ("epochs", "epoch")):
+    for key, src in (
+        ("final_test_acc", "test_acc"),
+        ("final_test_loss", "test_loss"),
+        ("final_train_loss", "train_loss"),
+        ("final_train_acc", "train_acc"),
+        ("final_conv_sqsum", "conv_sqsum"),
+        ("epochs", "epoch"),
+    ):
         a = m.get(src)
         if a is not None and np.isfinite(a).any():
             out[key] = float(a[np.isfinite(a)][-1])
@@ -64,7 +84,7 @@ def summarize(runs: list[Run]) -> tuple[list[dict], dict]:
     "std" (over seeds, ddof=1; 0 with one value), "n" (runs with a value)}}."""
     rows = [run_row(r) for r in runs]
     stats = {}
-    for v, rs in by_variant(runs).items():
+    for v, _rs in by_variant(runs).items():
         sel = [x for x in rows if x["variant"] == v]
         st: dict = {"n": len(sel), "seeds": [x["seed"] for x in sel]}
         for c in COLUMNS:
@@ -106,6 +126,7 @@ def _csv(x) -> str:
 
 
 # ---------------------------------------------------------------- claims
+
 
 def _pct(st: dict, c: str = "final_test_acc") -> str:
     return f"{100 * st[c]['mean']:.2f} ± {100 * st[c]['std']:.2f}%"
@@ -186,11 +207,17 @@ def claims(runs: list[Run]) -> list[dict]:
         if not nan_guard(b, n):
             return None, "no final test accuracy"
         gap, sp = b - n, spread("baseline", "no_conv_l2")
-        beyond = "one seed each: no spread to compare with" if single("baseline", "no_conv_l2") else (
-            f"{'exceeds' if gap > sp else 'within'} the seed spread (largest std {100 * sp:.2f} points)")
+        beyond = (
+            "one seed each: no spread to compare with"
+            if single("baseline", "no_conv_l2")
+            else (f"{'exceeds' if gap > sp else 'within'} the seed spread (largest std {100 * sp:.2f} points)")
+        )
         shown = gap > 0 and (single("baseline", "no_conv_l2") or gap > sp)
-        return shown, (f"final test accuracy baseline {_pct(st['baseline'])}, no_conv_l2 {_pct(st['no_conv_l2'])} "
-                       f"(article: 91% vs 89.5%); gap {100 * gap:+.2f} points, {beyond}")
+        return shown, (
+            f"final test accuracy baseline {_pct(st['baseline'])}, no_conv_l2 {_pct(st['no_conv_l2'])} "
+            f"(article: 91% vs 89.5%); gap {100 * gap:+.2f} points, {beyond}"
+        )
+
     add("Removing L2 from the conv layers lowers the final test accuracy", ["baseline", "no_conv_l2"], c1)
 
     # 2
@@ -199,7 +226,11 @@ def claims(runs: list[Run]) -> list[dict]:
         if not nan_guard(b, n) or b <= 0:
             return None, "no final conv sqsum"
         r = n / b
-        return r >= 1.5, f"final sum of squared conv weights: no_conv_l2 {n:.4g} vs baseline {b:.4g}, ratio {r:.2f}x (shown if >= 1.5x)"
+        return (
+            r >= 1.5,
+            f"final sum of squared conv weights: no_conv_l2 {n:.4g} vs baseline {b:.4g}, ratio {r:.2f}x (shown if >= 1.5x)",
+        )
+
     add("Without conv L2 the conv weights end far larger than the baseline's", ["baseline", "no_conv_l2"], c2)
 
     # 3
@@ -209,10 +240,16 @@ def claims(runs: list[Run]) -> list[dict]:
         b = _window(g["no_conv_l2"], k, 0.9 * E, E) / _window(g["baseline"], k, 0.9 * E, E)
         if not nan_guard(a, b):
             return None, "no rel_step_conv_ema"
-        return a < 1 and b < 1, (f"relative step no_conv_l2 / baseline: {a:.3f} over the second half of the first lr stage "
-                                 f"(epochs {m0 / 2:g}-{m0:g}), {b:.3f} over the last 10% of training")
-    add("Without conv L2 the relative step size of the conv layers falls below the baseline's",
-        ["baseline", "no_conv_l2"], c3)
+        return a < 1 and b < 1, (
+            f"relative step no_conv_l2 / baseline: {a:.3f} over the second half of the first lr stage "
+            f"(epochs {m0 / 2:g}-{m0:g}), {b:.3f} over the last 10% of training"
+        )
+
+    add(
+        "Without conv L2 the relative step size of the conv layers falls below the baseline's",
+        ["baseline", "no_conv_l2"],
+        c3,
+    )
 
     # 4
     def c4():
@@ -220,10 +257,16 @@ def claims(runs: list[Run]) -> list[dict]:
         dg = st["no_conv_l2"]["gap"]["mean"] - st["baseline"]["gap"]["mean"]
         if not nan_guard(dt, dg):
             return None, "no final losses"
-        return dt > 0 and dg > 0, (f"no_conv_l2 - baseline: final train loss {dt:+.4f}, test-train loss gap {dg:+.4f} "
-                                   f"(article: +0.025, +0.024)")
-    add("Without conv L2 both the final train loss (underfitting) and the test-train gap (overfitting) are larger",
-        ["baseline", "no_conv_l2"], c4)
+        return dt > 0 and dg > 0, (
+            f"no_conv_l2 - baseline: final train loss {dt:+.4f}, test-train loss gap {dg:+.4f} "
+            f"(article: +0.025, +0.024)"
+        )
+
+    add(
+        "Without conv L2 both the final train loss (underfitting) and the test-train gap (overfitting) are larger",
+        ["baseline", "no_conv_l2"],
+        c4,
+    )
 
     # 5
     def c5():
@@ -233,7 +276,9 @@ def claims(runs: list[Run]) -> list[dict]:
         q10, q50, q90 = np.percentile(r, [10, 50, 90])
         return abs(q50 - 1) <= 0.1 and q10 >= 0.5 and q90 <= 2.0, (
             f"relative step lr_scaled / baseline over {len(r)} sample points: median {q50:.3f}, 10-90% range "
-            f"{q10:.3f}-{q90:.3f} (shown if the median is within 10% of 1 and the range within 0.5-2)")
+            f"{q10:.3f}-{q90:.3f} (shown if the median is within 10% of 1 and the range within 0.5-2)"
+        )
+
     add("lr_scaled tracks the baseline's relative step size", ["baseline", "lr_scaled"], c5)
 
     # 6
@@ -243,8 +288,11 @@ def claims(runs: list[Run]) -> list[dict]:
             return None, "no final test accuracy"
         tol = max(spread("baseline", "lr_scaled"), 0.005)
         d = s - b
-        return d >= -tol, (f"final test accuracy lr_scaled {_pct(st['lr_scaled'])} vs baseline {_pct(st['baseline'])}: "
-                           f"{100 * d:+.2f} points (tolerance: the larger of the seed std and 0.5 points, {100 * tol:.2f})")
+        return d >= -tol, (
+            f"final test accuracy lr_scaled {_pct(st['lr_scaled'])} vs baseline {_pct(st['baseline'])}: "
+            f"{100 * d:+.2f} points (tolerance: the larger of the seed std and 0.5 points, {100 * tol:.2f})"
+        )
+
     add("lr_scaled recovers the baseline's final accuracy", ["baseline", "lr_scaled"], c6)
 
     def stage1_acc(v: str) -> float:
@@ -255,32 +303,49 @@ def claims(runs: list[Run]) -> list[dict]:
         b, s = stage1_acc("baseline"), stage1_acc("lr_scaled")
         if not nan_guard(b, s):
             return None, "no test accuracy in the first lr stage"
-        return s < b, (f"mean test accuracy over the second half of the first lr stage (epochs {m0 / 2:g}-{m0:g}): "
-                       f"lr_scaled {100 * s:.2f}% vs baseline {100 * b:.2f}% ({100 * (s - b):+.2f} points)")
-    add("lr_scaled has a lower test accuracy than the baseline during the first lr stage (BN moving averages lag)",
-        ["baseline", "lr_scaled"], c7)
+        return s < b, (
+            f"mean test accuracy over the second half of the first lr stage (epochs {m0 / 2:g}-{m0:g}): "
+            f"lr_scaled {100 * s:.2f}% vs baseline {100 * b:.2f}% ({100 * (s - b):+.2f} points)"
+        )
+
+    add(
+        "lr_scaled has a lower test accuracy than the baseline during the first lr stage (BN moving averages lag)",
+        ["baseline", "lr_scaled"],
+        c7,
+    )
 
     # 8
     def c8():
         b, s, f = stage1_acc("baseline"), stage1_acc("lr_scaled"), stage1_acc("lr_scaled_bn098")
         if not nan_guard(b, s, f):
             return None, "no test accuracy in the first lr stage"
-        return f > s, (f"second half of the first lr stage: lr_scaled_bn098 {100 * f:.2f}% vs lr_scaled {100 * s:.2f}% "
-                       f"and baseline {100 * b:.2f}% (bn098 - baseline {100 * (f - b):+.2f} points; "
-                       f"the article: slightly above the baseline)")
-    add("A shorter BN moving-average window (decay 0.98) removes that first-stage deficit",
-        ["baseline", "lr_scaled", "lr_scaled_bn098"], c8)
+        return f > s, (
+            f"second half of the first lr stage: lr_scaled_bn098 {100 * f:.2f}% vs lr_scaled {100 * s:.2f}% "
+            f"and baseline {100 * b:.2f}% (bn098 - baseline {100 * (f - b):+.2f} points; "
+            f"the article: slightly above the baseline)"
+        )
+
+    add(
+        "A shorter BN moving-average window (decay 0.98) removes that first-stage deficit",
+        ["baseline", "lr_scaled", "lr_scaled_bn098"],
+        c8,
+    )
 
     # 9
     def c9():
         b, s = st["baseline"]["final_conv_sqsum"]["mean"], st["lr_scaled"]["final_conv_sqsum"]["mean"]
         if not nan_guard(b, s) or b <= 0:
             return None, "no final conv sqsum"
-        return s / b >= 10, f"final sum of squared conv weights: lr_scaled {s:.4g} vs baseline {b:.4g}, ratio {s / b:.3g}x (shown if >= 10x)"
+        return (
+            s / b >= 10,
+            f"final sum of squared conv weights: lr_scaled {s:.4g} vs baseline {b:.4g}, ratio {s / b:.3g}x (shown if >= 10x)",
+        )
+
     add("With lr scaling instead of L2 the conv weights grow far beyond the baseline's", ["baseline", "lr_scaled"], c9)
 
     # 10 (beyond the article)
     if "lr_exact" in g:
+
         def c10():
             r = _ratio_curve(g["lr_exact"], g["baseline"], "train_loss")
             if not len(r):
@@ -289,11 +354,17 @@ def claims(runs: list[Run]) -> list[dict]:
             rs = _ratio_curve(g["lr_exact"], g["baseline"], "rel_step_conv_ema")
             extra = f"; relative-step ratio median {np.median(rs):.3f}" if len(rs) else ""
             d = st["lr_exact"]["final_test_acc"]["mean"] - st["baseline"]["final_test_acc"]["mean"]
-            return abs(q50 - 1) <= 0.1, (f"train loss lr_exact / baseline over {len(r)} sample points: median {q50:.3f} "
-                                         f"(10-90%: {q10:.3f}-{q90:.3f}){extra}; final test accuracy "
-                                         f"{100 * d:+.2f} points vs baseline (shown if the median is within 10% of 1)")
-        add("(beyond the article) The exact weight-decay -> lr transform tracks the baseline's training loss without conv L2",
-            ["baseline", "lr_exact"], c10)
+            return abs(q50 - 1) <= 0.1, (
+                f"train loss lr_exact / baseline over {len(r)} sample points: median {q50:.3f} "
+                f"(10-90%: {q10:.3f}-{q90:.3f}){extra}; final test accuracy "
+                f"{100 * d:+.2f} points vs baseline (shown if the median is within 10% of 1)"
+            )
+
+        add(
+            "(beyond the article) The exact weight-decay -> lr transform tracks the baseline's training loss without conv L2",
+            ["baseline", "lr_exact"],
+            c10,
+        )
     return out
 
 
@@ -326,8 +397,15 @@ def theory_by_stage(runs: list[Run]) -> list[dict]:
         if not lr > 0 or hi <= lo:
             continue
         eq = theory.sgd_equilibrium(lr, lam, mu) if opt == "sgd" else theory.adamw_equilibrium(lr, lam, mu)
-        row = {"stage": k + 1, "epochs": (lo, hi), "lr": lr, "steps": (hi - lo) * spe if math.isfinite(spe) else float("nan"),
-               "steps_to_equilibrium": eq["steps_to_equilibrium"], "predicted": eq["relative_step"], "measured": {}}
+        row = {
+            "stage": k + 1,
+            "epochs": (lo, hi),
+            "lr": lr,
+            "steps": (hi - lo) * spe if math.isfinite(spe) else float("nan"),
+            "steps_to_equilibrium": eq["steps_to_equilibrium"],
+            "predicted": eq["relative_step"],
+            "measured": {},
+        }
         # the last quarter of the stage; the sample exactly at a milestone can already carry the
         # next stage's lr: leave it out
         win = (hi - (hi - lo) / 4, hi - 1e-6)
@@ -348,27 +426,43 @@ def _theory_lines(runs: list[Run]) -> list[str]:
     vs = [v for v in THEORY_VARIANTS if v in rows[0]["measured"]]
     opt = (by_variant(runs).get("baseline") or runs)[0].config.get("optimizer", "sgd")
     formula = "sqrt(2 lr wd / (1 + momentum))" if opt == "sgd" else "sqrt(2 lr wd (1 - b1) / (1 + b1))"
-    lines = ["## Theory next to measurement", "",
-             f"Equilibrium relative step of a scale-invariant weight, {formula} per step, and the number of steps "
-             "it takes to get there (e-folding time of ||w||^2 under the decay), against the measured mean "
-             "||Δw||/||w|| of the conv layers (EMA) over the last quarter of each lr stage (measured / predicted "
-             "in brackets). A stage much shorter than the relaxation time ends before equilibrium.", "",
-             "| stage | epochs | lr | steps | steps to equilibrium | predicted | " + " | ".join(vs) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(vs)]
+    lines = [
+        "## Theory next to measurement",
+        "",
+        f"Equilibrium relative step of a scale-invariant weight, {formula} per step, and the number of steps "
+        "it takes to get there (e-folding time of ||w||^2 under the decay), against the measured mean "
+        "||Δw||/||w|| of the conv layers (EMA) over the last quarter of each lr stage (measured / predicted "
+        "in brackets). A stage much shorter than the relaxation time ends before equilibrium.",
+        "",
+        "| stage | epochs | lr | steps | steps to equilibrium | predicted | " + " | ".join(vs) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(vs),
+    ]
     for r in rows:
         cells = []
         for v in vs:
             m = r["measured"].get(v, float("nan"))
             cells.append(f"{m:.4g} ({m / r['predicted']:.2f}x)" if math.isfinite(m) else "–")
         lo, hi = r["epochs"]
-        lines.append(f"| {r['stage']} | {lo:g}-{hi:g} | {r['lr']:g} | {r['steps']:.0f} | {r['steps_to_equilibrium']:.0f} | "
-                     f"{r['predicted']:.4g} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['stage']} | {lo:g}-{hi:g} | {r['lr']:g} | {r['steps']:.0f} | {r['steps_to_equilibrium']:.0f} | "
+            f"{r['predicted']:.4g} | " + " | ".join(cells) + " |"
+        )
     if all("sqsum_eq" in r for r in rows):
-        lines += ["", "The baseline's sum of squared conv weights over the same windows against its equilibrium value "
-                  "at that lr" + (" and the measured gradient scale L = ||g||^2 ||w||^2 of each layer, "
-                                  "sum over layers of sqrt(L lr / (wd (1 - mu) (2 - wd lr / (1 + mu))))" if opt == "sgd"
-                                  else ", sum over layers of lr dim / (2 wd)") + ":", "",
-                  "| stage | measured conv sqsum | equilibrium | measured / equilibrium |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "The baseline's sum of squared conv weights over the same windows against its equilibrium value "
+            "at that lr"
+            + (
+                " and the measured gradient scale L = ||g||^2 ||w||^2 of each layer, "
+                "sum over layers of sqrt(L lr / (wd (1 - mu) (2 - wd lr / (1 + mu))))"
+                if opt == "sgd"
+                else ", sum over layers of lr dim / (2 wd)"
+            )
+            + ":",
+            "",
+            "| stage | measured conv sqsum | equilibrium | measured / equilibrium |",
+            "|---|---|---|---|",
+        ]
         for r in rows:
             a, b = r["sqsum"], r["sqsum_eq"]
             lines.append(f"| {r['stage']} | {a:.4g} | {b:.4g} | {a / b:.2f}x |")
@@ -376,6 +470,7 @@ def _theory_lines(runs: list[Run]) -> list[str]:
 
 
 # ---------------------------------------------------------------- report
+
 
 def _same(a, b) -> bool:
     if isinstance(b, list):
@@ -408,19 +503,26 @@ def differences(runs: list[Run]) -> list[str]:
         if k in ("train_subset", "test_subset"):
             n, full = _images(cfg, k)
             if n != full:
-                out.append(f"{'training' if k == 'train_subset' else 'test'} images: {n if n else 'all'} (article: all {full:,})")
+                out.append(
+                    f"{'training' if k == 'train_subset' else 'test'} images: {n if n else 'all'} (article: all {full:,})"
+                )
             continue
         if _same(v, art):
             continue
         if k == "epochs" and math.isfinite(E):
-            out.append(f"{E:g} epochs instead of 150" + (f" (schedule compressed {ARTICLE_EPOCHS / E:.3g}x)" if E < ARTICLE_EPOCHS else ""))
+            out.append(
+                f"{E:g} epochs instead of 150"
+                + (f" (schedule compressed {ARTICLE_EPOCHS / E:.3g}x)" if E < ARTICLE_EPOCHS else "")
+            )
             continue
         shown = "all" if k.endswith("_subset") and v == 0 else v
         line = f"{k} = {shown} (article: {ARTICLE_TEXT.get(k, art)})"
         spe = _f(cfg.get("steps_per_epoch"))
         if k == "bn_momentum" and isinstance(v, (int, float)) and v > 0 and math.isfinite(spe) and spe > 0:
-            line += (f": BN moving-average window {1 / (v * spe):.2g} epochs at {spe:g} steps per epoch "
-                     f"(article: {1 / (0.003 * 390):.2g} epochs at 390)")
+            line += (
+                f": BN moving-average window {1 / (v * spe):.2g} epochs at {spe:g} steps per epoch "
+                f"(article: {1 / (0.003 * 390):.2g} epochs at 390)"
+            )
         out.append(line)
     modes = sorted({str(r.config.get("lr_scaling")) for v in ("lr_scaled", "lr_scaled_bn098") for r in g.get(v, [])})
     if modes and modes != ["article"]:
@@ -454,8 +556,13 @@ def _rel(f: Path, out: Path) -> str:
         return f"figures/{f.name}"
 
 
-def write_report(runs: list[Run], out_dir: str | Path, figures: list[Path],
-                 title: str = "bnwd: L2 regularization and batch norm, reproduced", notes: str = "") -> Path:
+def write_report(
+    runs: list[Run],
+    out_dir: str | Path,
+    figures: list[Path],
+    title: str = "bnwd: L2 regularization and batch norm, reproduced",
+    notes: str = "",
+) -> Path:
     """OUT/report.md: settings and their differences from the article, the mean ± std table,
     the figures (paths relative to OUT, e.g. figures/test_acc_1.png) and the claims checked."""
     out = Path(out_dir)
@@ -463,17 +570,22 @@ def write_report(runs: list[Run], out_dir: str | Path, figures: list[Path],
     rows, st = summarize(runs)
     g = by_variant(runs)
     cfg = (g.get("baseline") or runs)[0].config
-    seeds = sorted({r.seed for r in runs}, key=lambda s: (not isinstance(s, (int, float)), s if isinstance(s, (int, float)) else str(s)))
+    seeds = sorted(
+        {r.seed for r in runs},
+        key=lambda s: (not isinstance(s, (int, float)), s if isinstance(s, (int, float)) else str(s)),
+    )
     sub, _ = _images(cfg, "train_subset")
     tsub, _ = _images(cfg, "test_subset")
     lines = [f"# {title}", ""]
-    lines.append(f"Preset `{cfg.get('preset')}`; variants {', '.join(f'`{v}`' for v in g)}; "
-                 f"{len(seeds)} seed(s) {seeds}; {_f(cfg.get('epochs')):g} epochs "
-                 f"({cfg.get('steps_per_epoch', '?')} steps each, batch {cfg.get('batch_size')}); "
-                 f"training images: {sub if sub else 'all'}, test images: {tsub if tsub else 'all'}; "
-                 f"ResNet-{cfg.get('depth')} width {cfg.get('width')}; {cfg.get('optimizer', 'sgd')} lr {cfg.get('lr')} "
-                 f"x{cfg.get('lr_gamma')} at epochs {cfg.get('lr_milestones')}, momentum {cfg.get('momentum')}, "
-                 f"L2 {cfg.get('weight_decay')}.")
+    lines.append(
+        f"Preset `{cfg.get('preset')}`; variants {', '.join(f'`{v}`' for v in g)}; "
+        f"{len(seeds)} seed(s) {seeds}; {_f(cfg.get('epochs')):g} epochs "
+        f"({cfg.get('steps_per_epoch', '?')} steps each, batch {cfg.get('batch_size')}); "
+        f"training images: {sub if sub else 'all'}, test images: {tsub if tsub else 'all'}; "
+        f"ResNet-{cfg.get('depth')} width {cfg.get('width')}; {cfg.get('optimizer', 'sgd')} lr {cfg.get('lr')} "
+        f"x{cfg.get('lr_gamma')} at epochs {cfg.get('lr_milestones')}, momentum {cfg.get('momentum')}, "
+        f"L2 {cfg.get('weight_decay')}."
+    )
     lines.append("")
     diffs = differences(runs)
     if diffs:
@@ -488,14 +600,23 @@ def write_report(runs: list[Run], out_dir: str | Path, figures: list[Path],
     if notes:
         lines += [notes.strip(), ""]
 
-    lines += ["## Results (mean ± std over seeds)", "",
-              "| variant | seeds | final test acc (%) | final train loss | final test loss | test − train loss | final conv sqsum | wall (s) |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Results (mean ± std over seeds)",
+        "",
+        "| variant | seeds | final test acc (%) | final train loss | final test loss | test − train loss | final conv sqsum | wall (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for v, s in st.items():
-        lines.append(f"| {v} | {s['n']} | {_pm(s, 'final_test_acc', True)} | {_pm(s, 'final_train_loss')} | "
-                     f"{_pm(s, 'final_test_loss')} | {_pm(s, 'gap')} | {_pm(s, 'final_conv_sqsum')} | {_pm(s, 'wall_s')} |")
-    lines += ["", "std over seeds with ddof = 1 (0 with one seed). Train loss: mean over the last sample window "
-              "(training mode, augmented data); test loss and accuracy: the last evaluation.", ""]
+        lines.append(
+            f"| {v} | {s['n']} | {_pm(s, 'final_test_acc', True)} | {_pm(s, 'final_train_loss')} | "
+            f"{_pm(s, 'final_test_loss')} | {_pm(s, 'gap')} | {_pm(s, 'final_conv_sqsum')} | {_pm(s, 'wall_s')} |"
+        )
+    lines += [
+        "",
+        "std over seeds with ddof = 1 (0 with one seed). Train loss: mean over the last sample window "
+        "(training mode, augmented data); test loss and accuracy: the last evaluation.",
+        "",
+    ]
 
     lines += ["## The article's claims, checked", "", "✔ shown, ✘ not shown, – not testable with these runs.", ""]
     for c in claims(runs):
@@ -512,11 +633,17 @@ def write_report(runs: list[Run], out_dir: str | Path, figures: list[Path],
         if f.stem in CAPTIONS:
             lines += [f"*{CAPTIONS[f.stem]}*", ""]
 
-    lines += ["## Runs", "", "| variant | seed | final test acc (%) | final train loss | final test loss | conv sqsum | epochs | wall (s) |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Runs",
+        "",
+        "| variant | seed | final test acc (%) | final train loss | final test loss | conv sqsum | epochs | wall (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['seed']} | {_fmt(r['final_test_acc'], True)} | {_fmt(r['final_train_loss'])} | "
-                     f"{_fmt(r['final_test_loss'])} | {_fmt(r['final_conv_sqsum'])} | {_fmt(r['epochs'])} | {_fmt(r['wall_s'])} |")
+        lines.append(
+            f"| {r['variant']} | {r['seed']} | {_fmt(r['final_test_acc'], True)} | {_fmt(r['final_train_loss'])} | "
+            f"{_fmt(r['final_test_loss'])} | {_fmt(r['final_conv_sqsum'])} | {_fmt(r['epochs'])} | {_fmt(r['wall_s'])} |"
+        )
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -19,10 +19,11 @@ outward push by 1/(1 - mu) (hence the norm), while the per-step update has mean 
 lr^2 ||g||^2 / (1 - mu^2) (hence the angle). For AdamW the per-coordinate normalization
 makes the update size independent of ||w|| (`adamw_equilibrium`).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -36,8 +37,9 @@ def _check(lr: float, weight_decay: float, momentum: float, name: str = "momentu
         raise ConfigError(f"{name} must be in [0, 1), got {momentum}")
 
 
-def sgd_equilibrium(lr: float, weight_decay: float, momentum: float = 0.9,
-                    grad_sq_unit: float | None = None) -> dict[str, float]:
+def sgd_equilibrium(
+    lr: float, weight_decay: float, momentum: float = 0.9, grad_sq_unit: float | None = None
+) -> dict[str, float]:
     """Equilibrium of a scale-invariant weight under SGD with momentum mu, lr eta, L2 lam.
 
     PyTorch convention b = mu b + g + lam w, w -= eta b; gradients orthogonal to w,
@@ -60,8 +62,13 @@ def sgd_equilibrium(lr: float, weight_decay: float, momentum: float = 0.9,
     eta, lam, mu = float(lr), float(weight_decay), float(momentum)
     ang = math.sqrt(2 * eta * lam / (1 + mu))
     k = 2 * lam * eta / (1 - mu)
-    out = {"angular_update": ang, "relative_step": ang, "rate": 1 - k, "steps_to_equilibrium": 1 / k,
-           "intrinsic_lr": eta * lam}
+    out = {
+        "angular_update": ang,
+        "relative_step": ang,
+        "rate": 1 - k,
+        "steps_to_equilibrium": 1 / k,
+        "intrinsic_lr": eta * lam,
+    }
     if grad_sq_unit is not None:
         if not grad_sq_unit >= 0:
             raise ConfigError(f"grad_sq_unit must be >= 0, got {grad_sq_unit}")
@@ -70,8 +77,9 @@ def sgd_equilibrium(lr: float, weight_decay: float, momentum: float = 0.9,
     return out
 
 
-def adamw_equilibrium(lr: float, weight_decay: float, beta1: float = 0.9, beta2: float = 0.999,
-                      dim: int | None = None) -> dict[str, float]:
+def adamw_equilibrium(
+    lr: float, weight_decay: float, beta1: float = 0.9, beta2: float = 0.999, dim: int | None = None
+) -> dict[str, float]:
     """Equilibrium of a scale-invariant weight under AdamW (decoupled decay: w -= eta lam w).
 
     Adam divides each coordinate by its RMS gradient, so (for noise-dominated gradients,
@@ -95,15 +103,21 @@ def adamw_equilibrium(lr: float, weight_decay: float, beta1: float = 0.9, beta2:
         raise ConfigError(f"beta2 must be in [0, 1), got {beta2}")
     eta, lam, b1 = float(lr), float(weight_decay), float(beta1)
     ang = math.sqrt(2 * eta * lam * (1 - b1) / (1 + b1))
-    out = {"angular_update": ang, "relative_step": ang, "rate": 1 - 2 * eta * lam,
-           "steps_to_equilibrium": 1 / (2 * eta * lam), "intrinsic_lr": eta * lam}
+    out = {
+        "angular_update": ang,
+        "relative_step": ang,
+        "rate": 1 - 2 * eta * lam,
+        "steps_to_equilibrium": 1 / (2 * eta * lam),
+        "intrinsic_lr": eta * lam,
+    }
     if dim is not None:
         out["norm"] = math.sqrt(eta * dim / (2 * lam))
     return out
 
 
-def predicted_curves(lrs_per_step: Sequence[float], weight_decay: float, momentum: float = 0.9,
-                     optimizer: str = "sgd") -> np.ndarray:
+def predicted_curves(
+    lrs_per_step: Sequence[float], weight_decay: float, momentum: float = 0.9, optimizer: str = "sgd"
+) -> np.ndarray:
     """Per-step equilibrium angular update (radians/step) for a learning-rate schedule.
 
     sgd:   sqrt(2 lr_t lam / (1 + mu));    adamw: sqrt(2 lr_t lam (1 - b1) / (1 + b1)), b1 = `momentum`.

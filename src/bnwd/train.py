@@ -5,6 +5,7 @@ RUN/metrics.jsonl   one JSON object per sample point (every `sample_every` epoch
 RUN/summary.json    written when the run finishes
 RUN/checkpoint.pt   model, optimizer, monitor, step, config; written atomically
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,9 @@ import math
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ CKPT = "checkpoint.pt"
 
 # ---------------------------------------------------------------- files
 
+
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write to a temp file, fsync, rename: a crash leaves the old file or the new one."""
     path = Path(path)
@@ -47,7 +50,9 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise BnwdError(f"could not write {path}: {e.strerror or e}; the previous version of the file is intact") from None
+        raise BnwdError(
+            f"could not write {path}: {e.strerror or e}; the previous version of the file is intact"
+        ) from None
 
 
 def _fsync_dir(d: Path) -> None:
@@ -61,6 +66,7 @@ def _fsync_dir(d: Path) -> None:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     import io
+
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write(path, buf.getvalue())
@@ -71,7 +77,9 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or tampered file: zip, pickle or unsupported-global errors
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is corrupt or not a bnwd checkpoint ({msg[:160]}); delete it or rerun with --force") from None
+        raise CheckpointError(
+            f"{path} is corrupt or not a bnwd checkpoint ({msg[:160]}); delete it or rerun with --force"
+        ) from None
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -93,11 +101,14 @@ def _jsonable(d: dict) -> dict:
 
 # ---------------------------------------------------------------- device
 
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device=cuda asked for but torch sees no CUDA GPU (CPU-only torch build or no driver); use --device cpu")
+        raise ConfigError(
+            "device=cuda asked for but torch sees no CUDA GPU (CPU-only torch build or no driver); use --device cpu"
+        )
     try:
         return torch.device(name)
     except RuntimeError:
@@ -105,6 +116,7 @@ def pick_device(name: str) -> torch.device:
 
 
 # ---------------------------------------------------------------- lr scaling
+
 
 class ConvGradScaler:
     """The article's replacement of conv L2 by a learning-rate factor.
@@ -117,8 +129,17 @@ class ConvGradScaler:
     factor applies to the conv learning rate as sqrt(S/S_ref) instead.
     """
 
-    def __init__(self, model: nn.Module, conv_params: list[nn.Parameter], conv_names: list[str], mode: str,
-                 steps_per_epoch: int, reference: str = "", reference_mode: str = "global", adam: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        conv_params: list[nn.Parameter],
+        conv_names: list[str],
+        mode: str,
+        steps_per_epoch: int,
+        reference: str = "",
+        reference_mode: str = "global",
+        adam: bool = False,
+    ):
         self.params, self.names, self.mode, self.spe, self.adam = conv_params, conv_names, mode, steps_per_epoch, adam
         self.per_layer = mode == "reference" and reference_mode == "layer"
         with torch.no_grad():
@@ -140,10 +161,14 @@ class ConvGradScaler:
         if self.per_layer:
             missing = [n for n in self.names if f"sqnorm/conv/{n}" not in rows[0]]
             if missing:
-                raise ConfigError(f"reference={run} has no per-layer norms for {missing[0]} (was it trained with log_layers=false or another model?)")
+                raise ConfigError(
+                    f"reference={run} has no per-layer norms for {missing[0]} (was it trained with log_layers=false or another model?)"
+                )
             init = json.loads((run / "summary.json").read_text()).get("initial_layer_sqnorm", {})
-            self.ref = np.array([[init.get(n, rows[0][f"sqnorm/conv/{n}"]) for n in self.names]]
-                                + [[r[f"sqnorm/conv/{n}"] for n in self.names] for r in rows])
+            self.ref = np.array(
+                [[init.get(n, rows[0][f"sqnorm/conv/{n}"]) for n in self.names]]
+                + [[r[f"sqnorm/conv/{n}"] for n in self.names] for r in rows]
+            )
         else:
             self.ref = np.array([s0 if s0 else rows[0]["conv_sqsum"]] + [r["conv_sqsum"] for r in rows])
 
@@ -176,9 +201,16 @@ class ConvGradScaler:
 
 # ---------------------------------------------------------------- the run
 
+
 class Trainer:
-    def __init__(self, cfg: C.Config, out: str | Path, data: str | Path | None = None, progress: bool = True,
-                 dataset: Cifar10 | None = None):
+    def __init__(
+        self,
+        cfg: C.Config,
+        out: str | Path,
+        data: str | Path | None = None,
+        progress: bool = True,
+        dataset: Cifar10 | None = None,
+    ):
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.res = C.resolved(cfg)
         self.device = pick_device(cfg.device)
@@ -187,13 +219,19 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and cuda)
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
+        if self.channels_last and not cuda:
+            from .bench import HANG_HINT
+
+            warnings.warn(f"channels_last=on on CPU: {HANG_HINT}", stacklevel=2)
 
         ds = dataset if dataset is not None else load_cifar10(data)
         if cfg.train_subset or cfg.test_subset:
             ds = ds.subset(cfg.train_subset, cfg.test_subset, seed=0)
         self.data = ds.to(self.device)
         if cfg.batch_size > self.data.n_train:
-            raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set ({self.data.n_train} images)")
+            raise ConfigError(
+                f"batch_size={cfg.batch_size} is larger than the training set ({self.data.n_train} images)"
+            )
         self.loader = TrainLoader(self.data, cfg.batch_size, cfg.seed)
         spe = self.spe = self.loader.steps_per_epoch
         self.total_steps = max(1, round(cfg.epochs * spe))
@@ -204,31 +242,54 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         model = resnet(cfg.depth, width=cfg.width, bn_momentum=self.res["bn_momentum_used"], bn_eps=cfg.bn_eps)
-        self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.model = model.to(
+            self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
         wd = {"conv": self.res["conv_weight_decay"], "bn": cfg.weight_decay, "head": cfg.weight_decay}
         self.groups = param_groups(self.model, wd)
         self.opt = make_optimizer(self.groups, cfg.optimizer, cfg.lr, cfg.momentum, (cfg.momentum, cfg.adam_beta2))
         conv = next(g for g in self.opt.param_groups if g["name"] == "conv")
         self.init_conv_sqsum = float(sum(p.detach().double().pow(2).sum() for p in conv["params"]))
-        self.init_layer_sqnorm = {n: float(p.detach().double().pow(2).sum()) for n, p in zip(conv["param_names"], conv["params"])}
+        self.init_layer_sqnorm = {
+            n: float(p.detach().double().pow(2).sum()) for n, p in zip(conv["param_names"], conv["params"])
+        }
 
         self.scaler: ConvGradScaler | None = None
         self.wrapper = None
         scaling = self.res["conv_lr_scaling"]
         if scaling == "exact":
             from .exact import WeightDecayAsLR
+
             # The baseline's conv L2 goes into the group, then the wrapper turns it into an lr schedule.
             conv["weight_decay"] = cfg.weight_decay
             # eps / s_t^2 keeps the transform exact with BN eps; statistics rescaling (lr_exact only)
             # removes the moving-average lag at inference.
-            self.wrapper = WeightDecayAsLR(self.opt, groups=["conv"], model=self.model, rescale_bn_eps=True,
-                                           rescale_bn_stats=self.res["rescale_bn_stats"])
+            self.wrapper = WeightDecayAsLR(
+                self.opt,
+                groups=["conv"],
+                model=self.model,
+                rescale_bn_eps=True,
+                rescale_bn_stats=self.res["rescale_bn_stats"],
+            )
         elif scaling in ("article", "reference"):
-            self.scaler = ConvGradScaler(self.model, conv["params"], conv["param_names"], scaling, spe,
-                                         cfg.reference, cfg.reference_mode, adam=cfg.optimizer != "sgd")
+            self.scaler = ConvGradScaler(
+                self.model,
+                conv["params"],
+                conv["param_names"],
+                scaling,
+                spe,
+                cfg.reference,
+                cfg.reference_mode,
+                adam=cfg.optimizer != "sgd",
+            )
         self.stepper = self.wrapper if self.wrapper is not None else self.opt
-        self.monitor = Monitor(self.model, self.opt, sample_every=self.sample_every, halflife=self.sample_every,
-                               layers="auto" if cfg.log_layers else "none")
+        self.monitor = Monitor(
+            self.model,
+            self.opt,
+            sample_every=self.sample_every,
+            halflife=self.sample_every,
+            layers="auto" if cfg.log_layers else "none",
+        )
         self.step = 0
         self.win = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, images
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -237,10 +298,16 @@ class Trainer:
 
     # ------------------------------------------------------------ state
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.stepper.state_dict(),
-                "monitor": self.monitor.state_dict(), "step": self.step, "window": self.win.cpu(),
-                "config": self.cfg.to_dict(), "lr_factor_last": self.scaler.last if self.scaler else 1.0,
-                "torch_rng": torch.get_rng_state()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.stepper.state_dict(),
+            "monitor": self.monitor.state_dict(),
+            "step": self.step,
+            "window": self.win.cpu(),
+            "config": self.cfg.to_dict(),
+            "lr_factor_last": self.scaler.last if self.scaler else 1.0,
+            "torch_rng": torch.get_rng_state(),
+        }
 
     def load_state(self, st: dict) -> None:
         saved = st.get("config")
@@ -252,13 +319,17 @@ class Trainer:
             raise CheckpointError(f"{self.out / CKPT} was written with an incompatible config") from None
         d = C.diff(other, self.cfg)
         if d:
-            raise CheckpointError(f"{self.out / CKPT} belongs to another config ({'; '.join(d[:3])}); use --force to start over")
+            raise CheckpointError(
+                f"{self.out / CKPT} belongs to another config ({'; '.join(d[:3])}); use --force to start over"
+            )
         try:
             self.model.load_state_dict(st["model"])
             self.stepper.load_state_dict(st["optimizer"])
             self.monitor.load_state_dict(st["monitor"])
         except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"{self.out / CKPT} does not fit this model/optimizer ({str(e).splitlines()[0][:160]})") from None
+            raise CheckpointError(
+                f"{self.out / CKPT} does not fit this model/optimizer ({str(e).splitlines()[0][:160]})"
+            ) from None
         self.step = int(st["step"])
         self.win = st["window"].to(self.device)
         if self.scaler:
@@ -289,8 +360,13 @@ class Trainer:
         with torch.no_grad():
             ld = loss.detach()
             self.bad_step.copy_(torch.where((self.bad_step < 0) & ~torch.isfinite(ld), step, self.bad_step))
-            self.win += torch.stack([ld.double() * len(y), (logits.argmax(1) == y).sum().double(),
-                                     torch.tensor(float(len(y)), dtype=torch.float64, device=self.device)])
+            self.win += torch.stack(
+                [
+                    ld.double() * len(y),
+                    (logits.argmax(1) == y).sum().double(),
+                    torch.tensor(float(len(y)), dtype=torch.float64, device=self.device),
+                ]
+            )
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -301,8 +377,13 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.model(x).float()
-            tot += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                                (logits.argmax(1) == y).sum().double(), torch.tensor(float(len(y)), dtype=torch.float64, device=self.device)])
+            tot += torch.stack(
+                [
+                    F.cross_entropy(logits, y, reduction="sum").double(),
+                    (logits.argmax(1) == y).sum().double(),
+                    torch.tensor(float(len(y)), dtype=torch.float64, device=self.device),
+                ]
+            )
         loss, correct, n = tot.tolist()
         return loss / n, correct / n
 
@@ -344,8 +425,15 @@ class Trainer:
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=self.total_steps, initial=start, unit="step", dynamic_ncols=True,
-                       desc=f"{self.cfg.variant} s{self.cfg.seed}", leave=True)
+
+            bar = tqdm(
+                total=self.total_steps,
+                initial=start,
+                unit="step",
+                dynamic_ncols=True,
+                desc=f"{self.cfg.variant} s{self.cfg.seed}",
+                leave=True,
+            )
         old = self._install_signals()
         try:
             with open(metrics_path, "a") as mf:
@@ -363,7 +451,8 @@ class Trainer:
                         if bad >= 0:
                             raise DivergenceError(
                                 f"loss became NaN/inf at step {bad} (epoch {bad / self.spe:.2f}); the last good checkpoint "
-                                f"{ckpt_path if ckpt_path.exists() else '(none yet)'} is intact; lower lr or check the data")
+                                f"{ckpt_path if ckpt_path.exists() else '(none yet)'} is intact; lower lr or check the data"
+                            )
                         row = self.sample_row(s, lr)
                         if s % self.eval_every == 0 or s == self.total_steps:
                             row["test_loss"], row["test_acc"] = self.evaluate()
@@ -372,7 +461,10 @@ class Trainer:
                         self._tensorboard(row)
                         if bar is not None:
                             el = time.time() - t0
-                            post = {"loss": f"{row['train_loss']:.3f}", "img/s": f"{(s - start) * self.cfg.batch_size / max(el, 1e-9):.0f}"}
+                            post = {
+                                "loss": f"{row['train_loss']:.3f}",
+                                "img/s": f"{(s - start) * self.cfg.batch_size / max(el, 1e-9):.0f}",
+                            }
                             if "test_acc" in row:
                                 post["test"] = f"{100 * row['test_acc']:.1f}%"
                             bar.set_postfix(post, refresh=False)
@@ -395,15 +487,26 @@ class Trainer:
         rows = read_metrics(metrics_path)
         last = rows[-1]
         evals = [r for r in rows if "test_acc" in r]
-        summary = {"variant": self.cfg.variant, "seed": self.cfg.seed, "preset": self.cfg.preset,
-                   "steps": self.total_steps, "epochs": self.total_steps / self.spe, "steps_per_epoch": self.spe,
-                   "final_test_acc": evals[-1]["test_acc"], "final_test_loss": evals[-1]["test_loss"],
-                   "final_train_loss": last["train_loss"], "final_train_acc": last["train_acc"],
-                   "final_conv_sqsum": last.get("conv_sqsum"), "initial_conv_sqsum": self.init_conv_sqsum,
-                   "initial_layer_sqnorm": self.init_layer_sqnorm,
-                   "best_test_acc": max(r["test_acc"] for r in evals),
-                   "wall_s": wall, "images_per_s": (self.total_steps - start) * self.cfg.batch_size / max(wall, 1e-9),
-                   "device": str(self.device), "finished": True}
+        summary = {
+            "variant": self.cfg.variant,
+            "seed": self.cfg.seed,
+            "preset": self.cfg.preset,
+            "steps": self.total_steps,
+            "epochs": self.total_steps / self.spe,
+            "steps_per_epoch": self.spe,
+            "final_test_acc": evals[-1]["test_acc"],
+            "final_test_loss": evals[-1]["test_loss"],
+            "final_train_loss": last["train_loss"],
+            "final_train_acc": last["train_acc"],
+            "final_conv_sqsum": last.get("conv_sqsum"),
+            "initial_conv_sqsum": self.init_conv_sqsum,
+            "initial_layer_sqnorm": self.init_layer_sqnorm,
+            "best_test_acc": max(r["test_acc"] for r in evals),
+            "wall_s": wall,
+            "images_per_s": (self.total_steps - start) * self.cfg.batch_size / max(wall, 1e-9),
+            "device": str(self.device),
+            "finished": True,
+        }
         atomic_write(out / "summary.json", json.dumps(summary, indent=1))
         return summary
 
@@ -411,6 +514,7 @@ class Trainer:
     def _install_signals(self):
         def handler(signum, frame):
             self._stop_signal = signal.Signals(signum).name
+
         old = {}
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -445,10 +549,13 @@ class Interrupted(BnwdError):
     exit_code = 130
 
     def __init__(self, sig: str, step: int, total: int):
-        super().__init__(f"stopped by {sig} at step {step}/{total}; checkpoint written, continue with the same command plus --resume")
+        super().__init__(
+            f"stopped by {sig} at step {step}/{total}; checkpoint written, continue with the same command plus --resume"
+        )
 
 
 # ---------------------------------------------------------------- entry
+
 
 def prepare_run_dir(cfg: C.Config, out: Path, resume: bool, force: bool) -> str:
     """Decide what to do with `out`: 'new', 'resume' or 'done'. Never clobbers silently."""
@@ -467,14 +574,18 @@ def prepare_run_dir(cfg: C.Config, out: Path, resume: bool, force: bool) -> str:
                 with contextlib.suppress(FileNotFoundError):
                     (out / name).unlink()
         elif differences:
-            raise ConfigError(f"{out} holds a run with another config ({'; '.join(differences[:4])}); "
-                              "choose another --out or pass --force to overwrite it")
+            raise ConfigError(
+                f"{out} holds a run with another config ({'; '.join(differences[:4])}); "
+                "choose another --out or pass --force to overwrite it"
+            )
         elif (out / "summary.json").exists():
             if resume:
                 return "done"
             raise ConfigError(f"{out} already holds this finished run; pass --resume to keep it or --force to redo it")
         elif not resume:
-            raise ConfigError(f"{out} holds an unfinished run with this config; pass --resume to continue it or --force to restart")
+            raise ConfigError(
+                f"{out} holds an unfinished run with this config; pass --resume to continue it or --force to restart"
+            )
         else:
             return "resume"
     try:
@@ -486,8 +597,15 @@ def prepare_run_dir(cfg: C.Config, out: Path, resume: bool, force: bool) -> str:
     return "new"
 
 
-def train(cfg: C.Config, out: str | Path, data: str | Path | None = None, resume: bool = False, force: bool = False,
-          progress: bool = True, dataset: Cifar10 | None = None) -> dict:
+def train(
+    cfg: C.Config,
+    out: str | Path,
+    data: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    dataset: Cifar10 | None = None,
+) -> dict:
     """Train one run into `out` (see module docstring); returns the summary dict."""
     out = Path(out)
     what = prepare_run_dir(cfg, out, resume, force)
@@ -495,7 +613,13 @@ def train(cfg: C.Config, out: str | Path, data: str | Path | None = None, resume
         return json.loads((out / "summary.json").read_text())
     trainer = Trainer(cfg, out, data, progress=progress, dataset=dataset)
     # The resolved config also records what the data gave.
-    doc = {**cfg.to_dict(), "resolved": C.resolved(cfg), "steps_per_epoch": trainer.spe,
-           "total_steps": trainer.total_steps, "n_train": trainer.data.n_train, "n_test": trainer.data.n_test}
+    doc = {
+        **cfg.to_dict(),
+        "resolved": C.resolved(cfg),
+        "steps_per_epoch": trainer.spe,
+        "total_steps": trainer.total_steps,
+        "n_train": trainer.data.n_train,
+        "n_test": trainer.data.n_test,
+    }
     atomic_write(out / "config.json", json.dumps(doc, indent=1))
     return trainer.run()
