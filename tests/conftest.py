@@ -1,7 +1,8 @@
 import pytest
 import torch
+from fakes import write_fake_cifar
 
-from bnwd.data import load_cifar10, write_fake_cifar
+from bnwd.data import load_cifar10
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+from fakes import fake_batch, fake_members, write_fake_cifar, write_fake_cifar_folder
 
 from bnwd import data as D
 from bnwd.errors import DataError
@@ -82,7 +83,7 @@ class _Hostile:
 
 def test_load_archive_shapes_dtypes_counts(tmp_path):
     """A generated tar.gz loads to uint8 [N,3,32,32] images and int64 labels with the right counts."""
-    path = D.write_fake_cifar(tmp_path, n_train=100, n_test=50, seed=1)
+    path = write_fake_cifar(tmp_path, n_train=100, n_test=50, seed=1)
     assert path == tmp_path / "cifar-10-python.tar.gz"
     c = D.load_cifar10(tmp_path, download=False)
     assert c.train_x.shape == (100, 3, 32, 32) and c.train_x.dtype == torch.uint8
@@ -96,9 +97,9 @@ def test_load_archive_shapes_dtypes_counts(tmp_path):
 
 def test_load_extracted_folder_matches_archive_and_is_preferred(tmp_path):
     """An extracted cifar-10-batches-py/ loads identically and wins over a (corrupt) archive beside it."""
-    src = D.write_fake_cifar(tmp_path / "a", n_train=40, n_test=20)
+    write_fake_cifar(tmp_path / "a", n_train=40, n_test=20)
     from_archive = D.load_cifar10(tmp_path / "a", download=False)
-    D.safe_extract(src, tmp_path / "b")
+    write_fake_cifar_folder(tmp_path / "b", n_train=40, n_test=20)
     (tmp_path / "b" / "cifar-10-python.tar.gz").write_bytes(b"garbage")
     from_folder = D.load_cifar10(tmp_path / "b", download=False)
     assert "cifar-10-batches-py" in from_folder.source
@@ -108,7 +109,7 @@ def test_load_extracted_folder_matches_archive_and_is_preferred(tmp_path):
 
 def test_load_accepts_archive_path_directly(tmp_path):
     """`data` may name the .tar.gz file itself instead of its folder."""
-    path = D.write_fake_cifar(tmp_path / "x.tar.gz", n_train=20, n_test=10)
+    path = write_fake_cifar(tmp_path / "x.tar.gz", n_train=20, n_test=10)
     assert D.load_cifar10(path, download=False).n_train == 20
 
 
@@ -117,7 +118,7 @@ def test_loader_reads_python2_style_pickles(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     for i, name in enumerate(D.BATCH_FILES):
-        raw = _py2_dumps(D.fake_batch(10, seed=i, name=name))
+        raw = _py2_dumps(fake_batch(10, seed=i, name=name))
         assert b"cnumpy.core.multiarray\n_reconstruct" in raw
         (folder / name).write_bytes(raw)
     c = D.load_cifar10(tmp_path, download=False)
@@ -136,11 +137,11 @@ def test_resolve_root_argument_env_default(tmp_path, monkeypatch):
 
 def test_cache_returns_same_tensors_until_file_changes(tmp_path):
     """A second load is served from memory; rewriting the archive is noticed."""
-    D.write_fake_cifar(tmp_path, n_train=20, n_test=10)
+    write_fake_cifar(tmp_path, n_train=20, n_test=10)
     a = D.load_cifar10(tmp_path, download=False)
     b = D.load_cifar10(tmp_path, download=False)
     assert a.train_x is b.train_x
-    D.write_fake_cifar(tmp_path, n_train=30, n_test=10)
+    write_fake_cifar(tmp_path, n_train=30, n_test=10)
     assert D.load_cifar10(tmp_path, download=False).n_train == 30
 
 
@@ -155,7 +156,7 @@ def test_restricted_unpickler_refuses_code_without_running_it(tmp_path, kind):
         payload = _Hostile(os.system, f"touch {marker}")
     else:
         payload = _Hostile(eval, f"open({str(marker)!r}, 'w').close()")
-    D.write_fake_cifar(tmp_path / "d", 20, 10, transform=lambda name, obj: payload if name == "data_batch_2" else obj)
+    write_fake_cifar(tmp_path / "d", 20, 10, transform=lambda name, obj: payload if name == "data_batch_2" else obj)
     with pytest.raises(DataError, match=r"data_batch_2: pickle refers to .*refusing to load"):
         D.load_cifar10(tmp_path / "d", download=False)
     assert not marker.exists()
@@ -164,7 +165,7 @@ def test_restricted_unpickler_refuses_code_without_running_it(tmp_path, kind):
 @pytest.mark.parametrize("how", ["truncated", "garbage"])
 def test_corrupt_archive_raises_dataerror_naming_file(tmp_path, how):
     """A truncated or non-gzip archive gives a one-line DataError naming the archive."""
-    good = D.write_fake_cifar(tmp_path / "good", 40, 20).read_bytes()
+    good = write_fake_cifar(tmp_path / "good", 40, 20).read_bytes()
     bad = tmp_path / "bad" / "cifar-10-python.tar.gz"
     bad.parent.mkdir()
     bad.write_bytes(good[: len(good) // 2] if how == "truncated" else b"not a gzip file at all" * 10)
@@ -175,14 +176,14 @@ def test_corrupt_archive_raises_dataerror_naming_file(tmp_path, how):
 
 def test_missing_batch_is_named(tmp_path):
     """An archive without data_batch_3 gives a DataError listing that batch."""
-    D.write_fake_cifar(tmp_path, 20, 10, omit=("data_batch_3",))
+    write_fake_cifar(tmp_path, 20, 10, omit=("data_batch_3",))
     with pytest.raises(DataError, match=r"missing .*data_batch_3"):
         D.load_cifar10(tmp_path, download=False)
 
 
 def test_missing_batch_in_folder_is_named(tmp_path):
     """An extracted folder without test_batch gives a DataError listing it."""
-    D.safe_extract(D.write_fake_cifar(tmp_path / "a", 20, 10), tmp_path / "b")
+    write_fake_cifar_folder(tmp_path / "b", 20, 10)
     (tmp_path / "b" / "cifar-10-batches-py" / "test_batch").unlink()
     with pytest.raises(DataError, match=r"missing .*test_batch"):
         D.load_cifar10(tmp_path / "b", download=False)
@@ -198,26 +199,26 @@ def test_missing_batch_in_folder_is_named(tmp_path):
 )
 def test_wrong_data_shape_or_dtype(tmp_path, bad):
     """'data' that is not a uint8 (N, 3072) array gives a DataError naming the batch."""
-    D.write_fake_cifar(tmp_path, 20, 10, transform=_replace_in("data_batch_1", data=bad))
+    write_fake_cifar(tmp_path, 20, 10, transform=_replace_in("data_batch_1", data=bad))
     with pytest.raises(DataError, match=r"data_batch_1: 'data' must be a uint8 array of shape \(N, 3072\)"):
         D.load_cifar10(tmp_path, download=False)
 
 
 def test_labels_out_of_range(tmp_path):
     """A label of 10 gives a DataError naming the batch and the label."""
-    D.write_fake_cifar(tmp_path, 20, 10, transform=_replace_in("test_batch", labels=lambda o: [10] + o[b"labels"][1:]))
+    write_fake_cifar(tmp_path, 20, 10, transform=_replace_in("test_batch", labels=lambda o: [10] + o[b"labels"][1:]))
     with pytest.raises(DataError, match=r"test_batch: label 10 is outside 0..9"):
         D.load_cifar10(tmp_path, download=False)
 
 
 def test_label_count_mismatch(tmp_path):
     """Fewer labels than images gives a DataError naming the batch."""
-    D.write_fake_cifar(tmp_path, 20, 10, transform=_replace_in("data_batch_4", labels=lambda o: o[b"labels"][:-1]))
+    write_fake_cifar(tmp_path, 20, 10, transform=_replace_in("data_batch_4", labels=lambda o: o[b"labels"][:-1]))
     with pytest.raises(DataError, match=r"data_batch_4: 3 labels for 4 images"):
         D.load_cifar10(tmp_path, download=False)
 
 
-# --------------------------------------------------------------------------- safe_extract
+# --------------------------------------------------------------------------- hostile archive members
 
 
 def _info(name, type_=tarfile.REGTYPE, linkname=""):
@@ -227,27 +228,35 @@ def _info(name, type_=tarfile.REGTYPE, linkname=""):
     return i
 
 
+def _archive_with(tmp_path, extra, omit=()):
+    """A fake CIFAR archive in tmp_path/in whose members are the fake batches plus `extra`."""
+    batches = [(_info(f"cifar-10-batches-py/{n}"), raw) for n, raw in fake_members(20, 10, omit=omit)]
+    (tmp_path / "in").mkdir()
+    return _tar_with(tmp_path / "in" / "cifar-10-python.tar.gz", batches + extra)
+
+
 @pytest.mark.parametrize(
-    "member",
-    [
-        (_info("../escape.txt"), b"x"),
-        (_info("cifar-10-batches-py/../../escape.txt"), b"x"),
-        (_info("/tmp/bnwd_abs_escape.txt"), b"x"),
-        (_info("cifar-10-batches-py/link", tarfile.SYMTYPE, "/etc/passwd"), None),
-        (_info("cifar-10-batches-py/hard", tarfile.LNKTYPE, "/etc/passwd"), None),
-        (_info("cifar-10-batches-py/dev", tarfile.CHRTYPE), None),
-    ],
-    ids=["dotdot", "nested-dotdot", "absolute", "symlink", "hardlink", "device"],
+    "name",
+    ["../escape.txt", "cifar-10-batches-py/../../escape.txt", "/tmp/bnwd_abs_escape.txt"],
+    ids=["dotdot", "nested-dotdot", "absolute"],
 )
-def test_safe_extract_refuses_dangerous_members(tmp_path, member):
-    """Traversal, absolute paths, links and devices are refused with DataError naming the member."""
-    archive = _tar_with(tmp_path / "evil.tar.gz", [(_info("ok.txt"), b"fine"), member])
-    dest = tmp_path / "out" / "inner"
-    with pytest.raises(DataError) as e:
-        D.safe_extract(archive, dest)
-    assert repr(member[0].name) in str(e.value)
-    assert not (tmp_path / "out" / "escape.txt").exists()
-    assert not (dest / "ok.txt").exists()  # checked before anything is written
+def test_archive_is_read_in_memory_and_other_members_never_written(tmp_path, name):
+    """The loader never extracts: a member with '..' or an absolute path is skipped, nothing is written."""
+    archive = _archive_with(tmp_path, [(_info(name), b"x")])
+    before = sorted(tmp_path.rglob("*"))
+    assert D.load_cifar10(archive.parent, download=False).n_train == 20
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "type_", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE], ids=["symlink", "hardlink", "device"]
+)
+def test_archive_batch_member_that_is_a_link_or_device_is_refused(tmp_path, type_):
+    """A batch member that is a link or a device is refused with DataError naming the member."""
+    bad = (_info("cifar-10-batches-py/data_batch_2", type_, "/etc/passwd"), None)
+    archive = _archive_with(tmp_path, [bad], omit=("data_batch_2",))
+    with pytest.raises(DataError, match=r"member cifar-10-batches-py/data_batch_2 is not a regular file"):
+        D.load_cifar10(archive.parent, download=False)
 
 
 # --------------------------------------------------------------------------- download
@@ -283,7 +292,7 @@ def test_download_wrong_md5_leaves_nothing(tmp_path, monkeypatch):
 
 def test_download_success_is_checked_and_loaded(tmp_path, monkeypatch):
     """A download with the expected md5 is renamed into place and loaded."""
-    body = D.write_fake_cifar(tmp_path / "src", 20, 10).read_bytes()
+    body = write_fake_cifar(tmp_path / "src", 20, 10).read_bytes()
     monkeypatch.setattr(D, "CIFAR10_MD5", hashlib.md5(body).hexdigest())
     monkeypatch.setattr(D.urllib.request, "urlopen", lambda *a, **k: io.BytesIO(body))
     c = D.load_cifar10(tmp_path / "dl", download=True)
@@ -412,7 +421,7 @@ def test_standardize_constant_image_is_zero_not_nan():
 
 @pytest.fixture
 def tiny(tmp_path):
-    D.write_fake_cifar(tmp_path, n_train=100, n_test=30, seed=3)
+    write_fake_cifar(tmp_path, n_train=100, n_test=30, seed=3)
     return D.load_cifar10(tmp_path, download=False)
 
 
@@ -484,8 +493,8 @@ def test_to_returns_new_object(tiny):
 
 def test_write_fake_cifar_is_deterministic_and_learnable(tmp_path):
     """write_fake_cifar gives identical bytes for a seed, and class means differ by colour."""
-    a = D.write_fake_cifar(tmp_path / "a", 50, 20, seed=4).read_bytes()
-    b = D.write_fake_cifar(tmp_path / "b", 50, 20, seed=4).read_bytes()
+    a = write_fake_cifar(tmp_path / "a", 50, 20, seed=4).read_bytes()
+    b = write_fake_cifar(tmp_path / "b", 50, 20, seed=4).read_bytes()
     assert a == b
     c = D.load_cifar10(tmp_path / "a", download=False)
     means = torch.stack([c.train_x[c.train_y == k].float().mean((0, 2, 3)) for k in range(10)])

@@ -2,7 +2,7 @@
 
 Float64, a conv-BN-ReLU-conv-BN-ReLU-GAP-Linear net, 4 fixed batches cycled, 300 steps of SGD
 (lr 0.1, momentum 0.9) with a 10x MultiStepLR drop at step 150, L2 5e-3 on every group; the
-wrapped run moves the conv groups' L2 into the learning rate, the head keeps its L2.
+transformed run moves the conv groups' L2 into the learning rate, the head keeps its L2.
 """
 
 import copy
@@ -12,9 +12,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+from bnwd import invariance, theory
 from bnwd.errors import ConfigError
-from bnwd.exact import WeightDecayAsLR, decay_scales, following_norms
+from bnwd.exact import WeightDecayAsLR, decay_scales, following_norms, weight_decay_as_lr
 from bnwd.models import resnet
+from bnwd.monitor import Monitor
 from bnwd.optim import param_groups
 
 STEPS, DROP, LR, MU, WD = 300, 150, 0.1, 0.9, 5e-3
@@ -77,17 +79,18 @@ def logits(m, train=True):
     return out
 
 
-def pair(eps, sched_on="wrapper", **kw):
-    """Baseline and wrapped runs from the same weights on the same batches; per-step logits of both."""
+def pair(eps, shim=False, **kw):
+    """Baseline and transformed runs from the same weights on the same batches; per-step logits of both.
+    The transformed run steps its optimizer (`weight_decay_as_lr` handle), or the `WeightDecayAsLR` shim."""
     base, tr = net(eps), net(eps)
     ob = torch.optim.SGD(groups(base), lr=LR, momentum=MU)
     ot = torch.optim.SGD(groups(tr), lr=LR, momentum=MU)
-    wrap = WeightDecayAsLR(ot, ["conv"], model=tr, **kw)
+    wrap = (WeightDecayAsLR if shim else weight_decay_as_lr)(ot, ["conv"], model=tr, **kw)
     sb = torch.optim.lr_scheduler.MultiStepLR(ob, [DROP], 0.1)
-    st = torch.optim.lr_scheduler.MultiStepLR(wrap if sched_on == "wrapper" else ot, [DROP], 0.1)
+    st = torch.optim.lr_scheduler.MultiStepLR(ot, [DROP], 0.1)
     rb, rt, eb, et = [], [], [], []
     train(base, ob, sb, 0, STEPS, rb, eb)
-    train(tr, wrap, st, 0, STEPS, rt, et)
+    train(tr, wrap if shim else ot, st, 0, STEPS, rt, et)
     return (
         base,
         tr,
@@ -99,8 +102,9 @@ def pair(eps, sched_on="wrapper", **kw):
 
 def test_train_logits_match_with_tiny_eps():
     """BN eps 1e-14: train-mode logits agree to 1e-7 at every one of 300 steps (10x lr drop), and the
-    conv weights satisfy w~_t = w_t / s_t; the scheduler attached to the wrapper sets lr_t."""
-    base, tr, wrap, diff, _ = pair(1e-14)
+    conv weights satisfy w~_t = w_t / s_t; the scheduler sets lr_t. Through the `WeightDecayAsLR` shim
+    (the interface train.py uses: .step(), .scale, .param_groups)."""
+    base, tr, wrap, diff, _ = pair(1e-14, shim=True)
     print(f"max |logit diff| over all steps, eps 1e-14: {diff:.2e}")
     assert diff < 1e-7
     assert (logits(base) - logits(tr)).abs().max() < 1e-7
@@ -116,9 +120,8 @@ def test_train_logits_match_with_tiny_eps():
 
 
 def test_rescaled_eps_exact_at_1e5():
-    """With eps_t = eps / s_t^2 in the following BN layers the transform is exact at eps 1e-5
-    (scheduler attached to the inner optimizer this time)."""
-    base, tr, wrap, diff, _ = pair(1e-5, sched_on="inner", rescale_bn_eps=True)
+    """With eps_t = eps / s_t^2 in the following BN layers the transform is exact at eps 1e-5."""
+    base, tr, wrap, diff, _ = pair(1e-5, rescale_bn_eps=True)
     print(f"max |logit diff| over all steps, eps 1e-5 rescaled: {diff:.2e}")
     assert diff < 1e-7
     s = wrap.scale["conv"]
@@ -140,7 +143,7 @@ def test_rescaled_bn_stats_match_in_eval_mode():
 
 
 def test_decay_scales_matches_zero_gradient_sgd_recursion_and_wrapper():
-    """decay_scales = the design.md recursion = SGD on a zero-gradient weight w_0 = 1 = the wrapper's s_t."""
+    """decay_scales = the design.md recursion = SGD on a zero-gradient weight w_0 = 1 = the transform's s_t."""
     lrs = [LR] * DROP + [LR / 10] * (STEPS - DROP)
     s = decay_scales(lrs, MU, WD)
     assert s.dtype == np.float64 and len(s) == STEPS + 1
@@ -159,18 +162,19 @@ def test_decay_scales_matches_zero_gradient_sgd_recursion_and_wrapper():
         opt.step()
         sim.append(w.item())
     assert np.allclose(s, sim, rtol=1e-12, atol=0)
-    # the wrapper's online s_t over a real run
+    # the transform's online s_t over a real run
     m = net(1e-5)
-    wrap = WeightDecayAsLR(torch.optim.SGD(groups(m), lr=LR, momentum=MU), ["conv"])
-    sched = torch.optim.lr_scheduler.MultiStepLR(wrap, [DROP], 0.1)
-    online = [wrap.scale["conv"]]
+    opt = torch.optim.SGD(groups(m), lr=LR, momentum=MU)
+    handle = weight_decay_as_lr(opt, ["conv"])
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [DROP], 0.1)
+    online = [handle.scale["conv"]]
     for t in range(STEPS):
         x, y = BATCHES[t % 4]
-        wrap.zero_grad()
+        opt.zero_grad()
         nn.functional.cross_entropy(m(x), y).backward()
-        wrap.step()
+        opt.step()
         sched.step()
-        online.append(wrap.scale["conv"])
+        online.append(handle.scale["conv"])
     assert np.allclose(online, s, rtol=1e-13, atol=0)
     # a zero learning rate is fine (no division by lr_{t-1})
     s0 = decay_scales([0.1, 0.0, 0.1], MU, WD)
@@ -191,15 +195,15 @@ def test_decay_scales_matches_zero_gradient_sgd_recursion_and_wrapper():
 def test_refuses_other_optimizers(make):
     m = net(1e-5)
     with pytest.raises(ConfigError):
-        WeightDecayAsLR(make(groups(m)), ["conv"])
+        weight_decay_as_lr(make(groups(m)), ["conv"])
 
 
 def test_misuse_refused():
     m = net(1e-5)
     with pytest.raises(ConfigError, match="unknown parameter group"):
-        WeightDecayAsLR(torch.optim.SGD(groups(m), lr=0.1, momentum=0.9), ["nope"])
+        weight_decay_as_lr(torch.optim.SGD(groups(m), lr=0.1, momentum=0.9), ["nope"])
     with pytest.raises(ConfigError, match="model"):
-        WeightDecayAsLR(torch.optim.SGD(groups(m), lr=0.1, momentum=0.9), ["conv"], rescale_bn_eps=True)
+        weight_decay_as_lr(torch.optim.SGD(groups(m), lr=0.1, momentum=0.9), ["conv"], rescale_bn_eps=True)
 
     # a conv whose output is added to its input before BN is not scale-invariant
     class Skip(nn.Module):
@@ -211,10 +215,15 @@ def test_misuse_refused():
             return self.bn(x + self.conv(x))
 
     s = Skip()
+    opt = torch.optim.SGD(param_groups(s, WD), lr=0.1, momentum=0.9)
     with pytest.raises(ConfigError, match="not scale-invariant"):
-        WeightDecayAsLR(
-            torch.optim.SGD(param_groups(s, WD), lr=0.1, momentum=0.9), ["conv"], model=s, rescale_bn_eps=True
-        )
+        weight_decay_as_lr(opt, ["conv"], model=s, rescale_bn_eps=True)
+    assert "wd_as_lr" not in opt.param_groups[0] and opt.param_groups[0]["weight_decay"] == WD  # left untouched
+    # a second transform on the same group
+    opt = torch.optim.SGD(groups(m), lr=0.1, momentum=0.9)
+    weight_decay_as_lr(opt, ["conv"])
+    with pytest.raises(ConfigError, match="already have the transform"):
+        weight_decay_as_lr(opt, ["conv"])
 
 
 def test_following_norms_on_resnet():
@@ -231,27 +240,129 @@ def test_following_norms_on_resnet():
 
 
 def test_state_dict_round_trip_resumes_exactly():
-    """Stop at step 100, rebuild model/optimizer/wrapper/scheduler from state_dicts, continue:
-    bit-identical to an uninterrupted run (eps and stats rescaling included)."""
+    """Stop at step 100, rebuild model/optimizer/transform/scheduler from state_dicts, continue:
+    bit-identical to an uninterrupted run (eps and stats rescaling included). The transform's state
+    travels in the optimizer's own state_dict; a state saved without the transform is refused."""
     kw = dict(rescale_bn_eps=True, rescale_bn_stats=True)
 
     def fresh():
         m = net(1e-5)
         opt = torch.optim.SGD(groups(m), lr=LR, momentum=MU)
-        wrap = WeightDecayAsLR(opt, ["conv"], model=m, **kw)
-        return m, wrap, torch.optim.lr_scheduler.MultiStepLR(wrap, [DROP], 0.1)
+        handle = weight_decay_as_lr(opt, ["conv"], model=m, **kw)
+        return m, opt, handle, torch.optim.lr_scheduler.MultiStepLR(opt, [DROP], 0.1)
 
-    ref, wref, sref = fresh()
-    train(ref, wref, sref, 0, STEPS)
-    m, wrap, sched = fresh()
-    train(m, wrap, sched, 0, 100)
-    sd, msd, ssd = copy.deepcopy(wrap.state_dict()), copy.deepcopy(m.state_dict()), copy.deepcopy(sched.state_dict())
-    m2, wrap2, sched2 = fresh()
+    ref, oref, href, sref = fresh()
+    train(ref, oref, sref, 0, STEPS)
+    m, opt, handle, sched = fresh()
+    train(m, opt, sched, 0, 100)
+    sd, msd, ssd = copy.deepcopy(opt.state_dict()), copy.deepcopy(m.state_dict()), copy.deepcopy(sched.state_dict())
+    assert {g["name"]: g["wd_step"] for g in sd["param_groups"] if "wd_step" in g} == {"conv": 100}
+    m2, opt2, handle2, sched2 = fresh()
     m2.load_state_dict(msd)
-    wrap2.load_state_dict(sd)
+    opt2.load_state_dict(sd)
     sched2.load_state_dict(ssd)
-    assert wrap2.scale == wrap.scale and m2[1].eps == m[1].eps != 1e-5
-    train(m2, wrap2, sched2, 100, STEPS)
+    assert handle2.scale == handle.scale and m2[1].eps == m[1].eps != 1e-5
+    train(m2, opt2, sched2, 100, STEPS)
     assert torch.equal(logits(ref), logits(m2))
     assert torch.equal(logits(ref, False), logits(m2, False))
-    assert wrap2.scale == wref.scale
+    assert handle2.scale == href.scale
+    # a plain SGD state (no transform) cannot continue a transformed run
+    plain = torch.optim.SGD(groups(net(1e-5)), lr=LR, momentum=MU).state_dict()
+    with pytest.raises(ConfigError, match="saved without"):
+        opt2.load_state_dict(plain)
+
+
+# --------------------------------------------------------------------------- hooks: Monitor, schedulers, lifecycle
+
+
+def test_monitor_sees_applied_lr_whatever_the_attach_order():
+    """bnwd.Monitor's post-hook reads lr~_t = lr_t / (s_t s_{t+1}) on the transformed group (the lr the
+    optimizer applied) and lr_t on the others, with the Monitor attached before or after the transform,
+    and both orders give identical samples. Between steps the groups hold the scheduler's lr_t. The
+    Monitor's angles equal the baseline's (w~ = w / s points the same way) and its eff_lr is the
+    baseline's times s_{t+1} / s_t."""
+    steps, drop = 40, 20
+    lrs = [LR] * drop + [LR * 0.1] * (steps - drop)  # MultiStepLR's lr_t, to the bit
+    s = decay_scales(lrs, MU, WD)
+
+    def run(model, monitor_first=None):
+        opt = torch.optim.SGD(groups(model), lr=LR, momentum=MU)
+        mon = Monitor(model, opt, layers="none") if monitor_first in (None, True) else None
+        if monitor_first is not None:
+            weight_decay_as_lr(opt, ["conv"])
+        mon = mon or Monitor(model, opt, layers="none")
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [drop], 0.1)
+        seen = []
+        for t in range(steps):
+            train(model, opt, sched, t, t + 1)
+            assert [g["lr"] for g in opt.param_groups] == sched.get_last_lr()
+            seen.append((list(mon.lrs), mon.sample()))
+        return [g["name"] for g in opt.param_groups], seen
+
+    names, base = run(net(1e-14))
+    _, after = run(net(1e-14), monitor_first=False)
+    _, before = run(net(1e-14), monitor_first=True)
+    assert after == before
+    conv = names.index("conv")
+    for t, ((lrs_b, b), (lrs_t, o)) in enumerate(zip(base, after)):
+        assert lrs_b == [lrs[t]] * len(names)
+        assert lrs_t[conv] == pytest.approx(lrs[t] / (s[t] * s[t + 1]), rel=1e-12)
+        assert [x for i, x in enumerate(lrs_t) if i != conv] == [lrs[t]] * (len(names) - 1)
+        assert o["angle/group/conv"] == pytest.approx(b["angle/group/conv"], rel=1e-6)
+        assert o["eff_lr/group/conv"] == pytest.approx(b["eff_lr/group/conv"] * s[t + 1] / s[t], rel=1e-6)
+
+
+def test_remove_undoes_the_attach_and_any_hook_sees_lr_tilde():
+    """A post-hook registered BEFORE the transform still reads lr~_t during the step; `remove()` (here
+    via the context manager) gives the groups their L2 back, drops the "wd_*" keys, restores BN eps and
+    stops transforming, while `scale` keeps the last s_t."""
+    m = net(1e-5)
+    opt = torch.optim.SGD(groups(m), lr=LR, momentum=MU)
+    conv = next(g for g in opt.param_groups if g["name"] == "conv")
+    seen = []
+    opt.register_step_post_hook(lambda o, a, k: seen.append(conv["lr"]))
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [DROP], 0.1)
+    with weight_decay_as_lr(opt, ["conv"], model=m, rescale_bn_eps=True) as handle:
+        train(m, opt, sched, 0, 5)
+        assert m[1].eps == pytest.approx(1e-5 / handle.scale["conv"] ** 2)
+    s = decay_scales([LR] * 5, MU, WD)
+    assert seen == pytest.approx([LR / (s[t] * s[t + 1]) for t in range(5)], rel=1e-12)
+    assert handle.scale == {"conv": pytest.approx(s[5], rel=1e-13)}
+    assert conv["weight_decay"] == WD and not [k for k in conv if k.startswith("wd_")]
+    assert m[1].eps == m[4].eps == 1e-5
+    train(m, opt, sched, 5, 7)
+    assert seen[5:] == [LR, LR]
+    weight_decay_as_lr(opt, ["conv"]).remove()  # attachable again after remove()
+
+
+def test_failed_step_does_not_advance_and_lr_comes_back():
+    """A step whose closure raises leaves s_t as it was; the next step puts lr_t back first, so the run
+    continues as if the failed step never happened."""
+    m = net(1e-5)
+    opt = torch.optim.SGD(groups(m), lr=LR, momentum=MU)
+    handle = weight_decay_as_lr(opt, ["conv"])
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [DROP], 0.1)
+    train(m, opt, sched, 0, 3)
+
+    def closure():
+        raise RuntimeError("closure failed")
+
+    with pytest.raises(RuntimeError, match="closure failed"):
+        opt.step(closure)
+    train(m, opt, sched, 3, 5)
+    assert handle.scale["conv"] == pytest.approx(decay_scales([LR] * 5, MU, WD)[5], rel=1e-13)
+    assert all(g["lr"] == LR for g in opt.param_groups)
+
+
+def test_library_errors_are_value_errors():
+    """A bad argument to theory, exact or invariance raises ConfigError: `except ValueError` catches it,
+    and the CLI still maps it to exit code 2."""
+    m = net(1e-5)
+    for bad in (
+        lambda: theory.sgd_equilibrium(lr=-0.1, weight_decay=5e-4),
+        lambda: weight_decay_as_lr(torch.optim.Adam(m.parameters()), ["conv"]),
+        lambda: invariance.joint_invariance(m, XS[:2], ["no.such.parameter"]),
+    ):
+        with pytest.raises(ValueError) as e:
+            bad()
+        assert isinstance(e.value, ConfigError) and e.value.exit_code == 2

@@ -55,7 +55,7 @@ def test_same_seed_same_metrics(tmp_path, fake_data):
 def test_no_conv_l2_grows_conv_norm(tmp_path, fake_data):
     """Without conv L2 the conv weights only grow (steps are orthogonal to w); with it they shrink here."""
     T.train(cfg(variant="no_conv_l2", weight_decay=0.05), tmp_path / "n", dataset=fake_data, progress=False)
-    T.train(cfg(weight_decay=0.05), tmp_path / "b", dataset=fake_data, progress=False)
+    T.train(cfg(conv_weight_decay=0.05, weight_decay=0.05), tmp_path / "b", dataset=fake_data, progress=False)
     n, b = metrics(tmp_path / "n"), metrics(tmp_path / "b")
     assert n[-1]["conv_sqsum"] > n[0]["conv_sqsum"] > b[0]["conv_sqsum"] > b[-1]["conv_sqsum"]
 

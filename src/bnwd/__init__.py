@@ -4,7 +4,8 @@ Public API (imported lazily so `import bnwd` stays fast):
   resnet20, resnet                      the article's TF-official CIFAR ResNet v1
   param_groups, step_lr                 named groups conv/bn/head; the article's step schedule
   Monitor                               norms, relative steps, angles, effective lr via optimizer hooks
-  decay_scales, WeightDecayAsLR         the exact weight-decay -> learning-rate transform
+  weight_decay_as_lr, decay_scales      the exact weight-decay -> learning-rate transform (optimizer hooks;
+                                        WeightDecayAsLR: its compatibility shim)
   find_scale_invariant, audit           which parameters are scale-invariant, numerically
   load_cifar10, Config, make_config, train
 """
@@ -19,10 +20,12 @@ _WHERE = {
     "conv_sqsum": "models",
     "param_groups": "optim",
     "step_lr": "optim",
-    "article_lr_factor": "optim",
+    "article_piecewise": "optim",
+    "lr_factor": "optim",
     "Monitor": "monitor",
     "decay_scales": "exact",
     "WeightDecayAsLR": "exact",
+    "weight_decay_as_lr": "exact",
     "find_scale_invariant": "invariance",
     "invariance_report": "invariance",
     "audit": "invariance",

@@ -1,7 +1,20 @@
-"""`bnwd bench`: training throughput of ResNet-20 (img/s) and the monitor's overhead.
+"""`bnwd bench`: training and evaluation throughput of ResNet-20 (img/s) and the monitor's overhead.
 
-Synthetic uint8 data on the device, the real augmentation + standardization, forward,
-backward and SGD step: what a training step costs without the disk or the loader.
+Synthetic uint8 data on the device, the real batched augmentation + standardization, forward,
+backward and SGD momentum step: what a training step costs without the disk or the loader.
+Per configuration (layout x eager/compiled) it times, in one process on the same data:
+
+- train: the full step with the `Monitor` attached and the same step without it, alternating
+  blocks of steps on one model (off/on, then on/off, ...) so that both see the same machine
+  load; reported as medians of the per-step times (of per-block means on CUDA, where steps are
+  not synchronised one by one). ``monitor_overhead = t_with / t_without - 1``. Two less noisy
+  estimates come with it: the median over rounds of the paired block ratio, and the hooks
+  timed directly (the optimizer step with minus without the monitor).
+- eval: ``model.eval()``, no_grad, standardize, forward on batches of 1000 (``--eval-batch-size``).
+- compiled (``--compile on``; ``auto`` = on on CUDA, off on CPU): the same after
+  ``torch.compile(model)``, with the one-time compile cost (first step minus a steady step)
+  reported apart from the step time, and the speed-up over eager. If compiling fails, one line
+  says so and the bench goes on with eager.
 
 Layouts: `plain` (NCHW) everywhere; `channels_last` only on CUDA by default. On some x86
 CPUs (seen on a 2-core AMD EPYC, AVX2, torch 2.13.0 and 2.14.1 CPU wheels) the backward of
@@ -13,9 +26,13 @@ shortcuts are exactly such convs, so on CPU channels_last is timed only when ask
 from __future__ import annotations
 
 import json
+import math
+import platform
+import statistics
 import sys
 import threading
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +43,53 @@ from .models import resnet20
 from .optim import make_optimizer, param_groups
 
 LAYOUTS = ("plain", "channels_last")
+COMPILE = ("auto", "on", "off")
+#: Keys the `--json` object always has (besides device, torch, threads, cpu, batch_size, width, configs).
+JSON_KEYS = ("train_img_per_s", "train_img_per_s_no_monitor", "eval_img_per_s", "monitor_overhead", "peak_rss_mb")
 HANG_HINT = (
     "channels_last backward on CPU hangs on some x86 machines (upstream torch bug, "
     "see benchmarks/channels_last_hang.py); time the plain layout only"
 )
+COMPILE_HINT = "torch.compile of ResNet-20 takes one to two minutes on a 2-core CPU (C++ code generation)"
+BUSY_HINT = "on a busy CPU, --threads 1 avoids OpenMP threads waiting on each other"
+# The article's sample points are every quarter epoch: 390 // 4 steps at batch 128.
+ARTICLE_SAMPLE_EVERY = 97
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:limit]}{'...' if len(msg) > limit else ''}"
+
+
+def cpu_model() -> str:
+    """The CPU's "model name" from /proc/cpuinfo, else `platform.processor()`."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name") and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (`ru_maxrss`; NaN where unavailable)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return math.nan
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else math.nan
 
 
 class Watchdog:
@@ -56,47 +111,206 @@ class Watchdog:
         self.timer.cancel()
 
 
-def time_steps(
-    device: torch.device,
-    batch_size: int,
-    steps: int,
-    width: int = 16,
-    monitor: bool = False,
-    amp: bool = False,
-    channels_last: bool = False,
-    warmup: int = 3,
-) -> float:
-    """Seconds per training step (median of `steps` timed steps after `warmup`)."""
-    if monitor:
-        from .monitor import Monitor
-    torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = resnet20(width=width).to(device, memory_format=fmt)
-    opt = make_optimizer(param_groups(model, 2e-4), "sgd", 0.1, 0.9)
-    mon = Monitor(model, opt, sample_every=100) if monitor else None
-    data = torch.randint(0, 256, (batch_size * 4, 3, 32, 32), dtype=torch.uint8, device=device)
-    y = torch.randint(0, 10, (batch_size * 4,), device=device)
-    g = torch.Generator(device=device).manual_seed(0)
-    times = []
-    for i in range(warmup + steps):
-        sl = slice((i % 4) * batch_size, (i % 4 + 1) * batch_size)
-        _sync(device)
-        t = time.perf_counter()
-        x = standardize(augment(data[sl], g))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(x).float(), y[sl])
-        opt.zero_grad(set_to_none=True)
+class _Clock:
+    """Marks around the optimizer step: perf_counter on CPU, CUDA events on CUDA (read after a sync)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def seconds(self, a, b) -> float:
+        return a.elapsed_time(b) / 1e3 if self.cuda else b - a
+
+
+class Setup:
+    """One model + SGD momentum optimizer on synthetic uint8 data, optionally compiled.
+
+    `train_step()` is the training step of `bnwd train` (augment, standardize, forward,
+    cross-entropy, backward, `opt.step()`); `eval_batch()` its evaluation of one test batch.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        batch_size: int,
+        width: int = 16,
+        amp: bool = False,
+        channels_last: bool = False,
+        compile_mode: str | None = None,
+        eval_batch_size: int = 1000,
+    ):
+        torch.manual_seed(0)
+        self.device, self.batch_size, self.amp, self.channels_last = device, batch_size, amp, channels_last
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = resnet20(width=width).to(device, memory_format=fmt)
+        self.opt = make_optimizer(param_groups(self.model, 2e-4), "sgd", 0.1, 0.9)
+        self.forward = self.model
+        if compile_mode is not None:
+            # dynamic=False: the train batch and the eval batch each get their own static graph.
+            self.forward = torch.compile(
+                self.model, mode=None if compile_mode == "default" else compile_mode, dynamic=False
+            )
+        self.data = torch.randint(0, 256, (batch_size * 4, 3, 32, 32), dtype=torch.uint8, device=device)
+        self.y = torch.randint(0, 10, (batch_size * 4,), device=device)
+        self.eval_batch_size = eval_batch_size
+        self.eval_data = torch.randint(0, 256, (eval_batch_size * 2, 3, 32, 32), dtype=torch.uint8, device=device)
+        self.eval_y = torch.randint(0, 10, (eval_batch_size * 2,), device=device)
+        self.g = torch.Generator(device=device).manual_seed(0)
+        self.clock = _Clock(device)
+        self.i = 0
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_step(self) -> tuple:
+        """One training step; returns the clock marks around `opt.step()` (hooks included)."""
+        b, k = self.batch_size, self.i % 4
+        self.i += 1
+        x = self._input(standardize(augment(self.data[k * b : (k + 1) * b], self.g)))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = F.cross_entropy(self.forward(x).float(), self.y[k * b : (k + 1) * b])
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    if mon:
-        mon.remove()
-    times.sort()
-    return times[len(times) // 2]
+        a = self.clock.mark()
+        self.opt.step()
+        return a, self.clock.mark()
+
+    @torch.no_grad()
+    def eval_batch(self, k: int) -> torch.Tensor:
+        b = self.eval_batch_size
+        sl = slice((k % 2) * b, (k % 2 + 1) * b)
+        x = self._input(standardize(self.eval_data[sl]))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.forward(x).float()
+        return (logits.argmax(1) == self.eval_y[sl]).sum()
+
+
+def warm_up(s: Setup, warmup: int = 3, sample_every: int = ARTICLE_SAMPLE_EVERY) -> float:
+    """`warmup` untimed steps (the last one with a Monitor); returns the first step's seconds
+    (allocations; for a compiled model, the compilation of the forward and backward graphs)."""
+    from .monitor import Monitor
+
+    s.model.train()
+    _sync(s.device)
+    t = time.perf_counter()
+    s.train_step()
+    _sync(s.device)
+    first = time.perf_counter() - t
+    for _ in range(max(0, warmup - 1)):
+        s.train_step()
+    with Monitor(s.model, s.opt, sample_every=sample_every):
+        s.train_step()  # the monitor's first step allocates its masks
+    _sync(s.device)
+    return first
+
+
+def time_train(
+    setups: list[Setup], steps: int, block: int, sample_every: int = ARTICLE_SAMPLE_EVERY
+) -> list[dict[str, Any]]:
+    """Interleaved timing of the training step of every setup, with and without the Monitor.
+
+    Each round runs a block of `block` steps of every (setup, monitor off/on) kind, in an order
+    that reverses every round, until each kind has `steps` timed steps. Per setup, returns
+    seconds: medians of the steps (of block means on CUDA, where steps are left to overlap as in
+    training), means, the optimizer-step medians (hooks included when on), the median of the
+    paired per-round ratios with/without, `sample()` and the per-round block means.
+    """
+    from .monitor import Monitor
+
+    dev = setups[0].device
+    cuda = dev.type == "cuda"
+    kinds = [(i, on) for i in range(len(setups)) for on in (False, True)]
+    samples: dict[tuple, list[float]] = {k: [] for k in kinds}  # seconds per step
+    opt_s: dict[tuple, list[float]] = {k: [] for k in kinds}
+    sample_s: dict[int, list[float]] = {i: [] for i in range(len(setups))}
+    rounds: list[dict[tuple, float]] = []
+    done = dict.fromkeys(kinds, 0)
+    r = 0
+    while min(done.values()) < steps:
+        rnd: dict[tuple, float] = {}
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:
+            i, on = kind
+            s, n = setups[i], min(block, steps - done[kind])
+            if n <= 0:
+                continue
+            mon = Monitor(s.model, s.opt, sample_every=sample_every) if on else None
+            marks, total = [], 0.0
+            if cuda:
+                _sync(dev)
+                t = time.perf_counter()
+                marks = [s.train_step() for _ in range(n)]
+                _sync(dev)
+                total = time.perf_counter() - t
+                samples[kind].append(total / n)
+            else:
+                for _ in range(n):
+                    t = time.perf_counter()
+                    marks.append(s.train_step())
+                    dt = time.perf_counter() - t
+                    samples[kind].append(dt)
+                    total += dt
+            opt_s[kind] += [s.clock.seconds(a, b) for a, b in marks]
+            if mon is not None:
+                _sync(dev)
+                t = time.perf_counter()
+                mon.sample()  # a host sync: what every sample point of a run costs
+                sample_s[i].append(time.perf_counter() - t)
+                mon.remove()
+            rnd[kind] = total / n
+            done[kind] += n
+        rounds.append(rnd)
+        r += 1
+    out = []
+    for i in range(len(setups)):
+        off, on = (i, False), (i, True)
+        paired = [x[on] / x[off] for x in rounds if on in x and off in x]
+        out.append(
+            {
+                "without": median(samples[off]),
+                "with": median(samples[on]),
+                "mean_without": statistics.fmean(samples[off]),
+                "mean_with": statistics.fmean(samples[on]),
+                "opt_without": median(opt_s[off]),
+                "opt_with": median(opt_s[on]),
+                "paired_ratio": median(paired),
+                "sample": median(sample_s[i]),
+                "rounds": [{"without": x.get(off), "with": x.get(on)} for x in rounds],
+            }
+        )
+    return out
+
+
+def time_eval(setups: list[Setup], batches: int) -> list[dict[str, float]]:
+    """Seconds per evaluation batch of every setup (median over `batches`, setups alternating,
+    after one untimed batch each, whose time is returned as `first`: the eval graph's compilation)."""
+    dev = setups[0].device
+    firsts, ts = [], [[] for _ in setups]
+    for s in setups:
+        s.model.eval()
+    try:
+        for s in setups:
+            _sync(dev)
+            t = time.perf_counter()
+            s.eval_batch(0)
+            _sync(dev)
+            firsts.append(time.perf_counter() - t)
+        for k in range(batches):
+            order = range(len(setups)) if k % 2 == 0 else reversed(range(len(setups)))
+            for i in order:
+                t = time.perf_counter()
+                setups[i].eval_batch(k + 1)
+                _sync(dev)
+                ts[i].append(time.perf_counter() - t)
+    finally:
+        for s in setups:
+            s.model.train()
+    return [{"batch": median(x), "first": f} for x, f in zip(ts, firsts)]
 
 
 def parse_layouts(spec: str | None, cuda: bool) -> list[str]:
@@ -110,6 +324,30 @@ def parse_layouts(spec: str | None, cuda: bool) -> list[str]:
     return out
 
 
+def _config_result(bs: int, eval_bs: int, tr: dict, ev: dict, first: float) -> dict[str, Any]:
+    base, withmon = tr["without"], tr["with"]
+    return {
+        "ms_per_step": 1e3 * base,
+        "img_per_s": bs / base,
+        "ms_per_step_with_monitor": 1e3 * withmon,
+        "img_per_s_with_monitor": bs / withmon,
+        "img_per_s_mean": bs / tr["mean_without"],
+        "img_per_s_with_monitor_mean": bs / tr["mean_with"],
+        "monitor_overhead": withmon / base - 1,
+        "monitor_overhead_paired": tr["paired_ratio"] - 1,
+        "monitor_hook_ms": 1e3 * (tr["opt_with"] - tr["opt_without"]),
+        "monitor_overhead_hooks": (tr["opt_with"] - tr["opt_without"]) / base,
+        "monitor_sample_ms": 1e3 * tr["sample"],
+        "optimizer_step_ms": 1e3 * tr["opt_without"],
+        "first_step_s": first,
+        "interleaved_rounds": len(tr["rounds"]),
+        "eval_batch_size": eval_bs,
+        "eval_ms_per_batch": 1e3 * ev["batch"],
+        "eval_img_per_s": eval_bs / ev["batch"],
+        "eval_first_batch_s": ev["first"],
+    }
+
+
 def bench(
     device: str = "auto",
     batch_size: int = 128,
@@ -119,47 +357,160 @@ def bench(
     json_path: str | None = None,
     layouts: str | None = None,
     watchdog_s: float = 60.0,
+    compile: str = "auto",
+    compile_mode: str = "default",
+    eval_batch_size: int = 1000,
+    eval_batches: int = 5,
+    block: int = 0,
+    warmup: int = 3,
+    print_json: bool = False,
 ) -> dict:
+    """Time every configuration, print a table (and with `print_json` one JSON line last), return the results.
+
+    The top-level numbers are those of the last configuration timed (the last layout, compiled
+    when compiling is on and worked); every configuration's are under ``configs``.
+    """
     from .train import pick_device
 
+    if compile not in COMPILE:
+        raise ConfigError(f"--compile must be one of {', '.join(COMPILE)}, got {compile!r}")
+    for name, v, lo in (("batch size", batch_size, 1), ("steps", steps, 1), ("width", width, 1)):
+        if v < lo:
+            raise ConfigError(f"{name} must be >= {lo}, got {v}")
+    if eval_batch_size < 1 or eval_batches < 1:
+        raise ConfigError(f"eval batch size and batches must be >= 1, got {eval_batch_size} and {eval_batches}")
     dev = pick_device(device)
     if threads:
         torch.set_num_threads(threads)
     cuda = dev.type == "cuda"
-    res = {
+    use_compile = compile == "on" or (compile == "auto" and cuda)
+    block = block if block > 0 else max(1, min(10 if cuda else 5, steps // 4))
+    res: dict[str, Any] = {
         "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if cuda else cpu_model(),
+        "cpu": cpu_model(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch_size": batch_size,
         "width": width,
         "steps": steps,
+        "block": block,
+        "eval_batch_size": eval_batch_size,
+        "compile": {"requested": compile, "enabled": use_compile, "mode": compile_mode, "error": None},
+        "configs": {},
     }
+    primary = None
     for layout in parse_layouts(layouts, cuda):
         cl = layout == "channels_last"
-        kw = {"channels_last": cl, "amp": cuda and cl}
-        name = "bf16+channels_last" if kw["amp"] else layout
-        hint = HANG_HINT if cl and not cuda else ""
-        times = {}
-        for mon in (False, True):
-            what = f"{name}{' + monitor' if mon else ''}"
-            print(f"timing {what} ({steps} steps of batch {batch_size}) ...", file=sys.stderr, flush=True)
-            with Watchdog(what, watchdog_s, hint):
-                times[mon] = time_steps(dev, batch_size, steps, width, monitor=mon, **kw)
-        base, withmon = times[False], times[True]
-        res[name] = {
-            "ms_per_step": 1e3 * base,
-            "img_per_s": batch_size / base,
-            "ms_per_step_with_monitor": 1e3 * withmon,
-            "monitor_overhead_pct": 100 * (withmon / base - 1),
-        }
-        print(
-            f"{name:>20}: {batch_size / base:8.0f} img/s  ({1e3 * base:.1f} ms/step; with monitor "
-            f"{1e3 * withmon:.1f} ms/step, {100 * (withmon / base - 1):+.1f}%)"
+        amp = cuda and cl
+        base = "bf16+channels_last" if amp else layout
+        hint = HANG_HINT if cl and not cuda else ("" if cuda else BUSY_HINT)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+        names, setups, firsts = [base], [Setup(dev, batch_size, width, amp, cl, None, eval_batch_size)], []
+        print(f"timing {base}: warm-up ({warmup} steps) ...", file=sys.stderr, flush=True)
+        with Watchdog(f"{base}: warm-up", watchdog_s, hint):
+            firsts.append(warm_up(setups[0], warmup))
+        if use_compile and not res["compile"]["error"]:
+            name = base + "+compile"
+            print(f"compiling {name} (one-time cost, reported apart) ...", file=sys.stderr, flush=True)
+            try:
+                with Watchdog(f"{name}: compilation", watchdog_s * 10, COMPILE_HINT):
+                    setups.append(Setup(dev, batch_size, width, amp, cl, compile_mode, eval_batch_size))
+                    firsts.append(warm_up(setups[-1], warmup))
+                names.append(name)
+            except Exception as e:
+                del setups[1:], firsts[1:]
+                res["compile"]["error"] = _one_line(e)
+                print(f"bnwd bench: torch.compile failed ({_one_line(e)}); continuing with eager", file=sys.stderr)
+        what = (
+            f"{' and '.join(names)}: train with and without monitor, interleaved "
+            f"({steps} steps each of batch {batch_size})"
         )
+        print(f"timing {what} ...", file=sys.stderr, flush=True)
+        with Watchdog(what, watchdog_s * len(setups), hint):
+            trs = time_train(setups, steps, block)
+        what = f"{' and '.join(names)}: eval ({eval_batches} batches of {eval_batch_size})"
+        print(f"timing {what} ...", file=sys.stderr, flush=True)
+        try:
+            with Watchdog(what, watchdog_s * (10 if len(setups) > 1 else 1), COMPILE_HINT if len(setups) > 1 else hint):
+                evs = time_eval(setups, eval_batches)
+        except Exception as e:
+            if len(setups) == 1:
+                raise
+            res["compile"]["error"] = _one_line(e)
+            print(f"bnwd bench: torch.compile failed ({_one_line(e)}); continuing with eager", file=sys.stderr)
+            names, setups, trs, firsts = names[:1], setups[:1], trs[:1], firsts[:1]
+            evs = time_eval(setups, eval_batches)
+        for k, name in enumerate(names):
+            r = _config_result(batch_size, eval_batch_size, trs[k], evs[k], firsts[k])
+            r.update(layout=layout, amp="bf16" if amp else "off", compiled=k > 0)
+            if k > 0:
+                e, c = trs[0], trs[k]
+                r["compile_s"] = max(0.0, firsts[k] - c["without"])
+                r["compile_eval_s"] = max(0.0, evs[k]["first"] - evs[k]["batch"])
+                r["speedup_vs_eager"] = e["without"] / c["without"]
+                r["speedup_vs_eager_with_monitor"] = e["with"] / c["with"]
+                r["speedup_vs_eager_paired"] = median(
+                    [
+                        x["without"] / y["without"]
+                        for x, y in zip(e["rounds"], c["rounds"])
+                        if x["without"] and y["without"]
+                    ]
+                )
+                r["eval_speedup_vs_eager"] = evs[0]["batch"] / evs[k]["batch"]
+            if cuda:
+                r["cuda_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+            res["configs"][name] = r
+            primary = name
+            _print_config(name, r, batch_size)
+        del setups  # free this layout's models and data before the next
+    p = res["configs"][primary]
+    res.update(
+        primary=primary,
+        train_img_per_s=p["img_per_s_with_monitor"],
+        train_img_per_s_no_monitor=p["img_per_s"],
+        train_ms_per_step=p["ms_per_step_with_monitor"],
+        train_ms_per_step_no_monitor=p["ms_per_step"],
+        eval_img_per_s=p["eval_img_per_s"],
+        monitor_overhead=p["monitor_overhead"],
+        monitor_overhead_paired=p["monitor_overhead_paired"],
+        monitor_overhead_hooks=p["monitor_overhead_hooks"],
+        peak_rss_mb=peak_rss_mb(),
+    )
+    if cuda:
+        res["cuda_max_memory_allocated_mb"] = max(c["cuda_max_memory_allocated_mb"] for c in res["configs"].values())
+    if "compile_s" in p:
+        res["compile_s"] = p["compile_s"]
+        res["compile_eval_s"] = p["compile_eval_s"]
+        if "speedup_vs_eager" in p:
+            res["compile_speedup"] = p["speedup_vs_eager"]
+    mem = f", peak RSS {res['peak_rss_mb']:.0f} MB"
+    if cuda:
+        mem += f", CUDA max allocated {res['cuda_max_memory_allocated_mb']:.0f} MB"
     print(
-        f"device {res['device']}, torch {res['torch']}, {res['threads']} threads, batch {batch_size}, ResNet-20 width {width}"
+        f"device {res['device']} ({res['device_name']}), torch {res['torch']}, {res['threads']} threads, "
+        f"batch {batch_size}, ResNet-20 width {width}{mem}"
     )
     if json_path:
         with open(json_path, "w") as f:
             json.dump(res, f, indent=1)
+            f.write("\n")
+    if print_json:
+        print(json.dumps(res), flush=True)
     return res
+
+
+def _print_config(name: str, r: dict, bs: int) -> None:
+    line = (
+        f"{name:>26}: train {r['img_per_s_with_monitor']:7.0f} img/s with monitor "
+        f"({r['ms_per_step_with_monitor']:.1f} ms/step), {r['img_per_s']:7.0f} without ({r['ms_per_step']:.1f} ms); "
+        f"monitor {100 * r['monitor_overhead']:+.1f}% (paired {100 * r['monitor_overhead_paired']:+.1f}%, "
+        f"hooks {r['monitor_hook_ms']:.2f} ms/step); eval {r['eval_img_per_s']:.0f} img/s "
+        f"(batch {r['eval_batch_size']})"
+    )
+    if r.get("compiled"):
+        line += f"; compile {r['compile_s']:.1f} s + eval {r['compile_eval_s']:.1f} s"
+        if "speedup_vs_eager" in r:
+            line += f", {r['speedup_vs_eager']:.2f}x eager (eval {r['eval_speedup_vs_eager']:.2f}x)"
+    print(line, flush=True)

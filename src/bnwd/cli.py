@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("reproduce", help="the article's four runs (x seeds), figures, summary and report")
     r.add_argument("--preset", default=None, help="blog | cpu | smoke (default: blog with a GPU, cpu without)")
-    r.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    r.add_argument("--seeds", type=int, default=None, help="number of seeds: 0..N-1 (default 1)")
+    r.add_argument("--seed-list", default=None, help="comma-separated seeds instead, e.g. 10,11,12 (7: seed 7 alone)")
     r.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
     r.add_argument("--optimizer", default="sgd", help="sgd | adam | adamw")
     r.add_argument(
@@ -71,20 +72,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser(
         "bench",
-        help="training throughput (img/s) and monitor overhead",
-        description="Training throughput of ResNet-20 on synthetic data, with and without the Monitor. "
+        help="training and evaluation throughput (img/s), monitor overhead, torch.compile",
+        description="Training throughput of ResNet-20 on synthetic data, with and without the Monitor "
+        "(interleaved blocks, medians), evaluation throughput, and optionally torch.compile (compile time "
+        "reported apart). "
         "On CPU only the plain (NCHW) layout is timed by default: on some x86 CPUs (seen on AMD EPYC, AVX2) "
         "the channels_last backward of a 1x1 stride-2 conv + BN hangs or segfaults in torch itself "
         "(benchmarks/channels_last_hang.py reproduces it). Ask for it with --layouts plain,channels_last.",
     )
     b.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     b.add_argument("--batch-size", type=int, default=128, help="images per step")
-    b.add_argument("--steps", type=int, default=20, help="timed steps per configuration (median reported)")
+    b.add_argument(
+        "--steps", type=int, default=20, help="timed steps with and as many without the monitor (medians reported)"
+    )
     b.add_argument(
         "--width", type=int, default=16, help="ResNet-20 filters in stage 1 (16 = the article, 8 = cpu preset)"
     )
     b.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
-    b.add_argument("--json", default=None, help="also write results to this JSON file")
+    b.add_argument("--json", action="store_true", help="print the results as one JSON object, the last line on stdout")
+    b.add_argument("--json-out", default=None, metavar="FILE", help="also write the results to this JSON file")
+    b.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="also time torch.compile(model) next to eager (auto: on on CUDA, off on CPU)",
+    )
+    b.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs",
+    )
+    b.add_argument("--eval-batch-size", type=int, default=1000, help="images per evaluation batch")
+    b.add_argument("--eval-batches", type=int, default=5, help="timed evaluation batches (median reported)")
+    b.add_argument(
+        "--block", type=int, default=0, help="steps per block when alternating with/without monitor (0 = auto)"
+    )
     b.add_argument(
         "--layouts",
         default=None,
@@ -121,6 +143,7 @@ def cmd_reproduce(args) -> int:
     res = reproduce(
         preset=args.preset,
         seeds=args.seeds,
+        seed_list=args.seed_list,
         data=args.data,
         out=args.out,
         optimizer=args.optimizer,
@@ -171,8 +194,14 @@ def cmd_bench(args) -> int:
         steps=args.steps,
         width=args.width,
         threads=args.threads,
-        json_path=args.json,
+        json_path=args.json_out,
         layouts=args.layouts,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        eval_batch_size=args.eval_batch_size,
+        eval_batches=args.eval_batches,
+        block=args.block,
+        print_json=args.json,
     )
     return 0
 

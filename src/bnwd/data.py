@@ -6,7 +6,10 @@ batched tensor ops on whatever device the tensors live on.
 Where the data comes from (see :func:`load_cifar10`): a folder (``--data DIR``,
 env ``BNWD_DATA``, default ``~/.cache/bnwd``) holding either the extracted
 ``cifar-10-batches-py/`` or the archive ``cifar-10-python.tar.gz``. The archive
-is read in memory, never extracted, so read-only folders work. When neither is
+is read in memory, never extracted, so read-only folders work and nothing in it
+is ever written to disk: only the regular-file members ``cifar-10-batches-py/<batch>``
+are read (other members, e.g. ones with ``..`` or an absolute path, are skipped; a
+batch member that is a link or a device is refused). When neither is
 present the official archive is downloaded (and only that download is
 md5-checked: archives a user placed themselves may be re-packed copies).
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gzip
 import hashlib
 import io
 import math
@@ -56,13 +58,10 @@ __all__ = [
     "clear_cache",
     "crop_flip",
     "default_root",
-    "fake_batch",
     "load_cifar10",
     "resolve_root",
-    "safe_extract",
     "standardize",
     "test_batches",
-    "write_fake_cifar",
 ]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -467,45 +466,6 @@ def load_cifar10(data: str | os.PathLike | None = None, download: bool = True) -
 
 
 # --------------------------------------------------------------------------- #
-# safe extraction
-# --------------------------------------------------------------------------- #
-
-
-def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Extract a tar(.gz) into ``dest`` refusing anything that could escape it.
-
-    Refused (DataError naming the member): absolute paths, ``..`` components,
-    symlinks, hard links, device files and FIFOs. On Pythons with tar filters
-    the ``"data"`` filter is applied as well. Returns ``dest``.
-    """
-    archive = Path(archive)
-    dest = Path(dest)
-    with _tar_errors(archive, "cannot extract, archive may be truncated or corrupt"):
-        with tarfile.open(archive, mode="r:*") as tf:
-            members = tf.getmembers()
-            dest.mkdir(parents=True, exist_ok=True)
-            base = dest.resolve()
-            for m in members:
-                name = m.name.replace("\\", "/")
-                if name.startswith("/") or os.path.isabs(m.name) or (len(name) > 1 and name[1] == ":"):
-                    raise DataError(f"{archive}: refusing member {m.name!r} with an absolute path")
-                if ".." in name.split("/"):
-                    raise DataError(f"{archive}: refusing member {m.name!r} that climbs out with '..'")
-                if m.issym() or m.islnk():
-                    raise DataError(f"{archive}: refusing link member {m.name!r}")
-                if not (m.isfile() or m.isdir()):
-                    raise DataError(f"{archive}: refusing special-file member {m.name!r}")
-                target = (base / name).resolve()
-                if target != base and base not in target.parents:
-                    raise DataError(f"{archive}: refusing member {m.name!r} that lands outside {dest}")
-            if hasattr(tarfile, "data_filter"):
-                tf.extractall(base, members=members, filter="data")
-            else:  # pragma: no cover - Pythons without tar filters; checked above
-                tf.extractall(base, members=members)
-    return dest
-
-
-# --------------------------------------------------------------------------- #
 # augmentation and standardization
 # --------------------------------------------------------------------------- #
 
@@ -641,98 +601,3 @@ def test_batches(data: Cifar10, batch_size: int) -> Iterator[tuple[torch.Tensor,
 
 
 test_batches.__test__ = False  # not a pytest test despite the name
-
-
-# --------------------------------------------------------------------------- #
-# tiny fake datasets for tests and smoke runs
-# --------------------------------------------------------------------------- #
-
-# Fixed class colours (independent of the seed so train and test agree).
-_FAKE_PALETTE = np.random.default_rng(20180315).integers(30, 226, size=(10, 3))
-
-
-def fake_batch(n: int, seed: int, name: str = "fake") -> dict:
-    """One batch dict in the CIFAR layout (bytes keys) with ``n`` learnable images.
-
-    Each class has a fixed mean colour; pixels are that colour plus noise, so
-    a small net learns it quickly. Labels cycle through 0..9 in random order.
-    """
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(n) % 10)
-    noise = rng.normal(0.0, 40.0, size=(n, 3, 32 * 32))
-    pix = _FAKE_PALETTE[labels][:, :, None] + noise
-    data = np.clip(np.rint(pix), 0, 255).astype(np.uint8).reshape(n, IMAGE_VALUES)
-    return {
-        b"batch_label": f"{name} (fake)".encode(),
-        b"labels": [int(v) for v in labels],
-        b"data": data,
-        b"filenames": [f"fake_{name}_{i:05d}.png".encode() for i in range(n)],
-    }
-
-
-def write_fake_cifar(
-    dest: str | os.PathLike,
-    n_train: int = 100,
-    n_test: int = 50,
-    seed: int = 0,
-    *,
-    omit: tuple[str, ...] | list[str] = (),
-    transform: Callable[[str, dict], object] | None = None,
-    protocol: int = 4,
-) -> Path:
-    """Write a tiny CIFAR-10 archive in the exact python layout; return its path.
-
-    ``dest`` is a folder (the archive is written as ``dest/cifar-10-python.tar.gz``)
-    or a path ending in ``.tar.gz``. The archive holds
-    ``cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``;
-    ``n_train`` images are split as evenly as possible over the 5 training
-    batches. Images are learnable (class-dependent colour plus noise), the
-    output is byte-for-byte deterministic for a given seed.
-
-    For broken variants: ``omit`` leaves out the named members (e.g.
-    ``("data_batch_3",)``); ``transform(name, batch_dict)`` returns the object
-    to pickle for member ``name`` instead of ``batch_dict`` (anything, e.g. a
-    dict with wrong shapes or a hostile object).
-    """
-    dest = Path(dest)
-    path = dest if dest.name.endswith((".tar.gz", ".tgz")) else dest / ARCHIVE_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sizes = [len(a) for a in np.array_split(np.arange(n_train), len(TRAIN_FILES))]
-    batches: list[tuple[str, object]] = []
-    for i, (name, size) in enumerate(zip(TRAIN_FILES, sizes)):
-        batches.append((name, fake_batch(size, seed * 7919 + i, name)))
-    batches.append((TEST_FILE, fake_batch(n_test, seed * 7919 + 5, TEST_FILE)))
-    meta = {
-        b"label_names": [c.encode() for c in CLASSES],
-        b"num_cases_per_batch": max(sizes + [n_test]),
-        b"num_vis": IMAGE_VALUES,
-    }
-    batches.append(("batches.meta", meta))
-
-    def add(tf: tarfile.TarFile, name: str, payload: bytes | None) -> None:
-        info = tarfile.TarInfo(name)
-        info.mtime = 0
-        if payload is None:
-            info.type = tarfile.DIRTYPE
-            info.mode = 0o755
-            tf.addfile(info)
-        else:
-            info.size = len(payload)
-            info.mode = 0o644
-            tf.addfile(info, io.BytesIO(payload))
-
-    tmp = path.with_name(path.name + ".tmp")
-    with (
-        open(tmp, "wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tf,
-    ):
-        add(tf, FOLDER_NAME, None)
-        for name, obj in batches:
-            if name in omit:
-                continue
-            if transform is not None:
-                obj = transform(name, obj)
-            add(tf, f"{FOLDER_NAME}/{name}", pickle.dumps(obj, protocol=protocol))
-    os.replace(tmp, path)
-    return path

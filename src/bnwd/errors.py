@@ -1,4 +1,10 @@
-"""Errors that the CLI turns into one-line messages instead of tracebacks."""
+"""Errors that the CLI turns into one-line messages instead of tracebacks.
+
+Catch `BnwdError` for all of them. A bad argument value (`ConfigError`, raised by the config,
+`theory`, `exact`, `invariance` and the data loader's size checks) is also a `ValueError`, so
+library code that catches `ValueError` catches it. `DataError` and `CheckpointError` are not:
+their argument (a path) was fine, the files it names are missing, corrupt or hostile.
+"""
 
 
 class BnwdError(Exception):
@@ -7,8 +13,8 @@ class BnwdError(Exception):
     exit_code = 1
 
 
-class ConfigError(BnwdError):
-    """Bad command line or config value (unknown key, wrong type, out of range)."""
+class ConfigError(BnwdError, ValueError):
+    """Bad command line, config value or function argument (unknown key, wrong type, out of range)."""
 
     exit_code = 2
 

@@ -33,12 +33,18 @@ lr_{t-1} (so a zero learning rate is fine):
     beta_0 = 0,   beta_{t+1} = mu beta_t + lam s_t,   s_{t+1} = s_t - lr_t beta_{t+1}
 
 (beta_t is the momentum buffer of the zero-gradient weight; beta_t = (s_{t-1} - s_t)/lr_{t-1}).
+
+API: `weight_decay_as_lr(opt, groups=["conv"], model=model, rescale_bn_eps=True)` attaches the
+transform to the user's own torch.optim.SGD through its public step hooks and returns a handle
+(`.scale`, `.remove()`); the state lives in the optimizer's param groups. `WeightDecayAsLR` is a
+compatibility shim with the old wrapper's constructor and stepper methods.
 """
 
 from __future__ import annotations
 
+import math
 import operator
-from collections import OrderedDict
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -46,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.hooks import RemovableHandle
 
 from .errors import ConfigError
 
@@ -243,37 +250,65 @@ def _following_norms_by_order(model: nn.Module, wanted: dict[str, list[int]]) ->
     return out
 
 
-# --------------------------------------------------------------------------- the wrapper
+# --------------------------------------------------------------------------- the transform, on optimizer hooks
+
+_STATE_KEYS = (LAM, SCALE, SCALE_PREV, VELOCITY, LR_PREV, STEP)
+# optimizer -> names of its groups that a live transform holds (a second attach is refused)
+_LIVE: weakref.WeakKeyDictionary[torch.optim.Optimizer, set[str]] = weakref.WeakKeyDictionary()
 
 
-class WeightDecayAsLR(torch.optim.Optimizer):
-    """Wrap a torch.optim.SGD: the named groups lose their L2 and get the exact equivalent
-    learning rate lr~_t = lr_t / (s_t s_{t+1}) instead (module docstring for the maths).
+class WeightDecayAsLRHandle:
+    """The exact transform attached to one torch.optim.SGD by its public step hooks.
 
-    `groups`: names (the `"name"` key of the optimizer's param groups) of the groups to
-    transform: only scale-invariant weights (bias-free conv followed by BN) may be
-    transformed; the others (BN affine, head) keep their ordinary L2.
+    `weight_decay_as_lr` (this class) attaches it and returns the handle:
 
-    At every `step()`, for each transformed group: read lr_t (whatever the user's scheduler
-    put in `group["lr"]`), advance s_t -> s_{t+1}, run the inner SGD step at
-    lr_t / (s_t s_{t+1}) with weight_decay 0, then put lr_t back. Afterwards the weights are
-    w_{t+1} / s_{t+1} of the baseline's. The recursion's state lives in the param groups
-    (keys "wd_as_lr" = lam, "wd_scale" = s_t, "wd_scale_prev" = s_{t-1}, "wd_velocity",
-    "wd_lr_prev" = lr_{t-1}, "wd_step"), so `state_dict()`/`load_state_dict()` (delegated to
-    the inner optimizer) checkpoint and resume it exactly.
+        opt = torch.optim.SGD(bnwd.param_groups(model, 5e-4), lr=0.1, momentum=0.9)
+        handle = bnwd.weight_decay_as_lr(opt, groups=["conv"], model=model, rescale_bn_eps=True)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [100, 150])  # sets lr_t, as usual
+        for x, y in loader:
+            opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step(); sched.step()
+        handle.scale["conv"]   # s_t: the baseline's conv weights are s_t times these
+        handle.remove()        # or: with bnwd.weight_decay_as_lr(...) as handle: ...
 
-    Schedulers: the wrapper IS a torch.optim.Optimizer sharing `param_groups`, `state` and
-    `defaults` with the inner SGD, so `torch.optim.lr_scheduler.MultiStepLR(wrapper, ...)`
-    works; attaching the scheduler to the inner optimizer (`wrapper.optimizer`) works too.
-    Either way the scheduler sets lr_t, never lr~_t.
+    `groups`: names (the `"name"` key of the param groups) of the groups to transform; only
+    scale-invariant weights (bias-free conv followed by BN) may be: the other groups (BN affine,
+    head) keep their ordinary L2. Attaching moves each such group's `weight_decay` lam into the
+    group key "wd_as_lr" and sets `weight_decay` to 0. At every `optimizer.step()` the
+    transformed group trains at lr~_t = lr_t / (s_t s_{t+1}), lr_t being whatever the user or a
+    torch LR scheduler put in `group["lr"]`; afterwards its weights are the baseline's w_{t+1}
+    divided by s_{t+1} (module docstring for the maths).
+
+    State: the recursion's state lives in the param groups ("wd_as_lr" = lam, "wd_scale" = s_t,
+    "wd_scale_prev" = s_{t-1}, "wd_velocity", "wd_lr_prev" = lr_{t-1}, "wd_step" = t), so the
+    optimizer's own `state_dict()` / `load_state_dict()` checkpoint and resume it exactly. An
+    optimizer whose groups already hold that state (loaded from such a checkpoint) continues it
+    when the transform is attached; loading a state saved without it into an optimizer with the
+    transform attached raises ConfigError.
+
+    The lr that hooks see. The transform changes `group["lr"]` only inside `optimizer.step()`:
+    its step pre-hook writes lr~_t, its step post-hook writes lr_t back. That post-hook
+    re-registers itself at every step, so it runs after every other step post-hook of the
+    optimizer, whatever the attach order. Hence:
+
+    - every other step post-hook, `bnwd.Monitor`'s included, reads lr~_t: the lr the optimizer
+      applied (the Monitor's `eff_lr` is then lr~_t / ||w~||^2, the baseline's times s_{t+1}/s_t);
+    - outside `step()` (schedulers, `state_dict()`, your code) `group["lr"]` is always lr_t;
+    - step pre-hooks see lr_t if registered before the transform and lr~_t otherwise (the
+      Monitor reads no lr there); global post-hooks (`register_optimizer_step_post_hook`) run
+      after the optimizer's own and see lr_t.
+
+    If `step()` raises (e.g. in the closure) the state does not advance and the next `step()`
+    or `remove()` puts lr_t back.
 
     `model` with `rescale_bn_eps=True`: the norm layers right after the transformed weights
-    (found by `following_norms`) get eps_t = eps / s_t^2 before every forward, which makes
-    the transform exact at any eps. `rescale_bn_stats=True`: after each step their running
-    mean is multiplied by s_t/s_{t+1} and running variance by (s_t/s_{t+1})^2, so eval mode
-    matches the baseline too. The base eps is read from the model at construction.
+    (found by `following_norms`) get eps_t = eps / s_t^2, which keeps the transform exact at any
+    eps (base eps read from the model when attaching; re-applied after `load_state_dict`).
+    `rescale_bn_stats=True`: after each step their running mean is multiplied by s_t/s_{t+1} and
+    running variance by (s_t/s_{t+1})^2, so eval mode matches the baseline too.
 
-    `.scale` is {group name: s_t}: the baseline's weights are s_t times these.
+    `remove()` detaches every hook and undoes the attach: the groups get `weight_decay` = lam back
+    and lose the "wd_*" keys, the norm layers their base eps. The weights stay w~_t = w_t / s_t
+    (`scale` still returns the last s_t). Also a context manager that removes on exit.
     """
 
     def __init__(
@@ -284,15 +319,12 @@ class WeightDecayAsLR(torch.optim.Optimizer):
         rescale_bn_eps: bool = False,
         rescale_bn_stats: bool = False,
     ):
-        if isinstance(optimizer, WeightDecayAsLR):
-            raise ConfigError("the optimizer is already wrapped by WeightDecayAsLR")
         if not isinstance(optimizer, torch.optim.SGD):
             raise ConfigError(
-                f"WeightDecayAsLR needs torch.optim.SGD, got {type(optimizer).__name__}: the exact "
-                "weight-decay -> lr transform is derived for SGD with (heavy-ball) momentum"
+                f"the weight-decay -> lr transform needs torch.optim.SGD, got {type(optimizer).__name__}: "
+                "it is derived for SGD with (heavy-ball) momentum"
             )
-        if isinstance(groups, str):
-            groups = (groups,)
+        groups = (groups,) if isinstance(groups, str) else tuple(groups)
         names = [g.get("name") for g in optimizer.param_groups]
         unknown = [g for g in groups if g not in names]
         if unknown:
@@ -300,167 +332,196 @@ class WeightDecayAsLR(torch.optim.Optimizer):
                 f"unknown parameter group(s) {unknown}; the optimizer's groups are {names} "
                 "(groups are selected by their 'name' key)"
             )
+        taken = sorted(_LIVE.get(optimizer, set()) & set(groups))
+        if taken:
+            raise ConfigError(f"group(s) {taken} of this optimizer already have the transform attached")
         if (rescale_bn_eps or rescale_bn_stats) and model is None:
             raise ConfigError("rescale_bn_eps / rescale_bn_stats need the model (model=...)")
-        # torch.optim.Optimizer machinery without re-registering the parameters.
-        self.optimizer = optimizer
-        self._group_names = tuple(groups)
-        self._optimizer_step_pre_hooks = OrderedDict()
-        self._optimizer_step_post_hooks = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        self._patch_step_function()
-        for g in self._groups():
-            self._check_group(g)
-            if LAM not in g:  # a fresh group (a group loaded from a wrapper checkpoint already has its state)
-                g[LAM], g["weight_decay"] = float(g["weight_decay"]), 0.0
-                g[SCALE], g[SCALE_PREV], g[VELOCITY], g[LR_PREV], g[STEP] = 1.0, 1.0, 0.0, None, 0
+        self.optimizer, self.group_names = optimizer, groups
         self.rescale_bn_eps, self.rescale_bn_stats = bool(rescale_bn_eps), bool(rescale_bn_stats)
+        for g in self._groups():
+            _check_group(g)
+        # Everything that can refuse runs before the optimizer is touched.
         self.norms: dict[str, list[nn.Module]] = {}
         self.base_eps: dict[int, float] = {}
         if model is not None and (rescale_bn_eps or rescale_bn_stats):
-            owner: dict[int, str] = {}
-            for g in self._groups():
-                follow = following_norms(model, g["params"])
-                for p in g["params"]:
-                    for m in follow[id(p)]:
-                        if owner.setdefault(id(m), g["name"]) != g["name"]:
-                            raise ConfigError(
-                                "a normalization layer follows weights of two transformed groups "
-                                f"({owner[id(m)]!r}, {g['name']!r}) with different scales"
-                            )
-                        lst = self.norms.setdefault(g["name"], [])
-                        if all(m is not x for x in lst):
-                            lst.append(m)
-                            self.base_eps[id(m)] = float(m.eps)
-            self._apply_eps()
-
-    # -- shared torch.optim.Optimizer attributes (properties: load_state_dict replaces the inner lists)
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value) -> None:
-        self.optimizer.param_groups = value
-
-    @property
-    def state(self):
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, value) -> None:
-        self.optimizer.state = value
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self.optimizer.defaults
-
-    @defaults.setter
-    def defaults(self, value) -> None:
-        self.optimizer.defaults = value
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def __repr__(self) -> str:
-        return f"WeightDecayAsLR(groups={list(self._group_names)}, scale={self.scale}, optimizer={self.optimizer!r})"
-
-    # -- helpers
-    def _groups(self) -> list[dict[str, Any]]:
-        return [g for g in self.optimizer.param_groups if g.get("name") in self._group_names]
-
-    @staticmethod
-    def _check_group(g: dict) -> None:
-        bad = [
-            k
-            for k, v in (
-                ("nesterov", g.get("nesterov", False)),
-                ("dampening", g.get("dampening", 0)),
-                ("maximize", g.get("maximize", False)),
-            )
-            if v
+            self._find_norms(model)
+        for g in self._groups():
+            if LAM not in g:  # a group loaded from a transformed run's state keeps its state
+                g[LAM], g["weight_decay"] = float(g["weight_decay"]), 0.0
+                g[SCALE], g[SCALE_PREV], g[VELOCITY], g[LR_PREV], g[STEP] = 1.0, 1.0, 0.0, None, 0
+        self._inflight: list[tuple] = []  # (group, lr_t, lr~_t, s_t, s_{t+1}, beta_{t+1}) of the step in flight
+        self._removed_scale: dict[str, float] | None = None
+        self._post_handle: RemovableHandle | None = None
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre_step),
+            optimizer.register_load_state_dict_pre_hook(self._pre_load),
+            optimizer.register_load_state_dict_post_hook(lambda opt: self._apply_eps()),
         ]
-        if bad:
-            raise ConfigError(
-                f"WeightDecayAsLR supports SGD with plain heavy-ball momentum only; group "
-                f"{g.get('name')!r} has {', '.join(bad)} set"
-            )
+        _LIVE.setdefault(optimizer, set()).update(groups)
+        self._apply_eps()
+
+    def _groups(self) -> list[dict[str, Any]]:
+        return [g for g in self.optimizer.param_groups if g.get("name") in self.group_names]
+
+    def _find_norms(self, model: nn.Module) -> None:
+        owner: dict[int, str] = {}
+        for g in self._groups():
+            follow = following_norms(model, g["params"])
+            for p in g["params"]:
+                for m in follow[id(p)]:
+                    if owner.setdefault(id(m), g["name"]) != g["name"]:
+                        raise ConfigError(
+                            "a normalization layer follows weights of two transformed groups "
+                            f"({owner[id(m)]!r}, {g['name']!r}) with different scales"
+                        )
+                    lst = self.norms.setdefault(g["name"], [])
+                    if all(m is not x for x in lst):
+                        lst.append(m)
+                        self.base_eps[id(m)] = float(m.eps)
 
     def _apply_eps(self) -> None:
-        if not self.rescale_bn_eps:
-            return
-        for g in self._groups():
-            for m in self.norms.get(g["name"], []):
-                m.eps = self.base_eps[id(m)] / g[SCALE] ** 2
+        if self.rescale_bn_eps:
+            for g in self._groups():
+                for m in self.norms.get(g["name"], []):
+                    m.eps = self.base_eps[id(m)] / g[SCALE] ** 2
 
     @property
     def scale(self) -> dict[str, float]:
         """{group name: s_t}: the current decay scale of each transformed group (baseline w = s_t * ours)."""
+        if self._removed_scale is not None:
+            return dict(self._removed_scale)
         return {g["name"]: float(g[SCALE]) for g in self._groups()}
 
-    # -- optimizer API
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the inner optimizer; transformed if its name is one of the wrapped names."""
-        self.optimizer.add_param_group(param_group)
-        g = self.optimizer.param_groups[-1]
-        if g.get("name") in self._group_names and LAM not in g:
-            self._check_group(g)
-            g[LAM], g["weight_decay"] = float(g["weight_decay"]), 0.0
-            g[SCALE], g[SCALE_PREV], g[VELOCITY], g[LR_PREV], g[STEP] = 1.0, 1.0, 0.0, None, 0
-
-    def state_dict(self) -> dict[str, Any]:
-        """The inner optimizer's state_dict (it holds the transform's state in its param groups)."""
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load into the inner optimizer, then re-apply eps_t = eps / s_t^2 to the following norms."""
-        self.optimizer.load_state_dict(state_dict)
+    # -- hooks
+    def _pre_step(self, opt, args, kwargs) -> None:
+        self._restore_lr()
+        if self._post_handle is not None:
+            self._post_handle.remove()
+        self._post_handle = opt.register_step_post_hook(self._post_step)  # last among the post-hooks
+        plan = []
         for g in self._groups():
+            _check_group(g)
             if LAM not in g:
-                raise ConfigError(f"group {g.get('name')!r} of this optimizer state was not saved by WeightDecayAsLR")
-        self._apply_eps()
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None):
-        """One baseline-equivalent step: lr~_t = lr_t / (s_t s_{t+1}) on the transformed groups."""
-        groups = self._groups()
-        saved = []
-        for g in groups:
-            self._check_group(g)
-            lr = g["lr"]
-            lr_f = float(lr)
-            s = g[SCALE]
+                raise ConfigError(
+                    f"group {g.get('name')!r} has no transform state (added after the transform was "
+                    "attached?); remove() the transform and attach it again"
+                )
+            lr, s = g["lr"], g[SCALE]
             v = g.get("momentum", 0.0) * g[VELOCITY] + g[LAM] * s
-            s_next = s - lr_f * v
-            if not (s_next > 0 and np.isfinite(s_next)):
+            s_next = s - float(lr) * v
+            if not (s_next > 0 and math.isfinite(s_next)):
                 raise ConfigError(
                     f"decay scale s_t of group {g['name']!r} left (0, inf) ({s_next}): lr * weight_decay "
                     "too large for the transform"
                 )
-            saved.append((lr, s, s_next, v))
-            g["lr"] = lr_f / (s * s_next)
-        try:
-            loss = self.optimizer.step(closure)
-        finally:
-            for g, (lr, *_rest) in zip(groups, saved):
-                g["lr"] = lr
-        for g, (lr, s, s_next, v) in zip(groups, saved):
+            plan.append((g, lr, float(lr) / (s * s_next), s, s_next, v))
+        for g, _lr, lr_tilde, *_ in plan:
+            g["lr"] = lr_tilde
+        self._inflight = plan
+
+    def _post_step(self, opt, args, kwargs) -> None:
+        plan, self._inflight = self._inflight, []
+        for g, lr, _lr_tilde, s, s_next, v in plan:
+            g["lr"] = lr
             g[SCALE_PREV], g[SCALE], g[VELOCITY], g[LR_PREV], g[STEP] = s, s_next, v, float(lr), g[STEP] + 1
             if self.rescale_bn_stats:
                 ratio = s / s_next
-                for m in self.norms.get(g["name"], []):
-                    if getattr(m, "running_mean", None) is not None:
-                        m.running_mean.mul_(ratio)
-                    if getattr(m, "running_var", None) is not None:
-                        m.running_var.mul_(ratio * ratio)
+                with torch.no_grad():
+                    for m in self.norms.get(g["name"], []):
+                        if getattr(m, "running_mean", None) is not None:
+                            m.running_mean.mul_(ratio)
+                        if getattr(m, "running_var", None) is not None:
+                            m.running_var.mul_(ratio * ratio)
         self._apply_eps()
-        return loss
+
+    def _restore_lr(self) -> None:
+        """Put lr_t back where a step that raised left lr~_t (unless someone has set another lr since)."""
+        for g, lr, lr_tilde, *_ in self._inflight:
+            if g["lr"] is lr_tilde:
+                g["lr"] = lr
+        self._inflight = []
+
+    def _pre_load(self, opt, state_dict: dict[str, Any]) -> None:
+        for g in state_dict["param_groups"]:
+            if g.get("name") in self.group_names and LAM not in g:
+                raise ConfigError(
+                    f"group {g.get('name')!r} of this optimizer state was saved without the weight-decay -> lr "
+                    "transform, so it cannot continue a transformed run"
+                )
+
+    # -- lifecycle
+    def remove(self) -> None:
+        """Detach the hooks and undo the attach (weight_decay back, "wd_*" keys dropped, base eps)."""
+        if self._removed_scale is not None:
+            return
+        self._restore_lr()
+        self._removed_scale = self.scale
+        for h in [*self._handles, self._post_handle]:
+            if h is not None:
+                h.remove()
+        for g in self._groups():
+            if LAM in g:
+                g["weight_decay"] = g[LAM]
+                for k in _STATE_KEYS:
+                    del g[k]
+        for ms in self.norms.values():
+            for m in ms:
+                m.eps = self.base_eps[id(m)]
+        _LIVE.get(self.optimizer, set()).difference_update(self.group_names)
+
+    def __enter__(self) -> WeightDecayAsLRHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self._removed_scale is not None else "attached"
+        return f"{type(self).__name__}(groups={list(self.group_names)}, scale={self.scale}, {state})"
+
+
+weight_decay_as_lr = WeightDecayAsLRHandle  # handle = weight_decay_as_lr(opt, groups=["conv"], ...)
+
+
+def _check_group(g: dict) -> None:
+    bad = [
+        k
+        for k, v in (
+            ("nesterov", g.get("nesterov", False)),
+            ("dampening", g.get("dampening", 0)),
+            ("maximize", g.get("maximize", False)),
+        )
+        if v
+    ]
+    if bad:
+        raise ConfigError(
+            f"the weight-decay -> lr transform supports SGD with plain heavy-ball momentum only; group "
+            f"{g.get('name')!r} has {', '.join(bad)} set"
+        )
+
+
+class WeightDecayAsLR(WeightDecayAsLRHandle):
+    """Compatibility shim: `weight_decay_as_lr(optimizer, ...)` plus the stepper calls of older code.
+
+    Same constructor as `weight_decay_as_lr`, and attaches the same hooks; `step`, `zero_grad`,
+    `state_dict`, `load_state_dict` and `param_groups` are the optimizer's own (the hooks do the
+    work, so stepping the shim and stepping the optimizer are the same). Not a
+    torch.optim.Optimizer: attach LR schedulers to the optimizer. New code: `weight_decay_as_lr`.
+    """
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    def step(self, closure: Callable[[], Any] | None = None):
+        return self.optimizer.step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict)

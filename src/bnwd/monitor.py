@@ -29,7 +29,9 @@ multi-tensor kernels, whatever the number of layers) and no host sync:
       the precision of the norm accumulation; a purely radial step, e.g. weight decay with a
       zero gradient, has an absolute angle error ~ sqrt(eps * rel)).
     eff_lr  = lr / ||wa||^2      (lr / ||wa|| for Adam, AdamW, NAdam, RAdam, Adamax, Adagrad,
-                                 RMSprop, Adadelta), lr = the group's lr of that step
+                                 RMSprop, Adadelta), lr = the group's lr of that step, times the
+                                 gradient multiplier set with `set_lr_scale` (1 by default; the
+                                 article's lr scaling multiplies conv gradients, not the lr)
     eff_lr_rel = eff_lr / (lr_0 / ||w_0||^2)   (power 1 for Adam-type), where w_0 and lr_0 are
                                  the weights and the group lr when the monitor was created
     grad_sq_unit = ||g||^2 ||wb||^2   the squared gradient the optimizer is handed (``.grad`` at
@@ -72,7 +74,7 @@ ADAPTIVE = tuple(
 )
 LAYERS = ("auto", "conv", "all", "none")
 _M = ("rel", "angle", "grad_sq_unit")  # the per-step metrics kept as window mean / last / EMA
-STATE_VERSION = 3
+STATE_VERSION = 4
 
 
 def _lr(v: Any) -> Any:
@@ -185,6 +187,7 @@ class Monitor:
         self._gsq = torch.zeros(self.P, **f64)  # ||grad||^2 of the step in flight
         self.lrs = [_lr(g["lr"]) for g in optimizer.param_groups]
         self.init_lrs = list(self.lrs)
+        self.lr_scale = torch.ones(self.P, **f64)  # per-parameter gradient multiplier (`set_lr_scale`)
         self.step = 0
         self.handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
 
@@ -242,6 +245,19 @@ class Monitor:
         self.lrs = [_lr(g["lr"]) for g in opt.param_groups]
         self.step += 1
 
+    def index_of(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """Device index of `params` in the monitor's tracking order (for `set_lr_scale`)."""
+        pos = {id(p): i for i, p in enumerate(self.params)}
+        return torch.tensor([pos[id(p)] for p in params], dtype=torch.long).to(self.device)
+
+    def set_lr_scale(self, index: torch.Tensor, factors: torch.Tensor) -> None:
+        """Tell the monitor that the gradients of the parameters at `index` (`index_of`) were
+        multiplied by `factors` before this step, as the article's lr scaling does: their
+        effective lr is then lr * factor / ||w||^2. Device tensors, no host sync; the value
+        of the last step counts, like the lr."""
+        with torch.no_grad():
+            self.lr_scale.index_copy_(0, index, factors.detach().to(torch.float64).reshape(-1).expand(len(index)))
+
     # ------------------------------------------------------------------ reading
     @property
     def ready(self) -> bool:
@@ -267,7 +283,8 @@ class Monitor:
                 torch.full_like(self.ema, math.nan),
             )
             p = self.power
-            eff = self._lr_vec(self.lrs) / self.sq.pow(p / 2)
+            scale = torch.cat([self.lr_scale, (self._member @ self.lr_scale) / self._member.sum(1).clamp_min(1)])
+            eff = self._lr_vec(self.lrs) * scale / self.sq.pow(p / 2)
             eff0 = self._lr_vec(self.init_lrs) / self.init_sq.pow(p / 2)
             table = (
                 torch.stack(
@@ -366,7 +383,7 @@ class Monitor:
             "init_lrs": [v.cpu() if isinstance(v, torch.Tensor) else v for v in self.init_lrs],
             **{
                 k: getattr(self, k).cpu().clone()
-                for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq")
+                for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq", "lr_scale")
             },
         }
 
@@ -382,7 +399,7 @@ class Monitor:
             )
         if float(state["halflife"]) != self.halflife:
             raise ValueError(f"Monitor state has halflife {state['halflife']}, this monitor {self.halflife}")
-        for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq"):
+        for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq", "lr_scale"):
             v = state[k]
             if tuple(v.shape) != tuple(getattr(self, k).shape):
                 raise ValueError(

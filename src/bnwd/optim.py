@@ -7,7 +7,7 @@ Groups are a pure function of the model (timm style): each a dict with a `"name"
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -63,21 +63,19 @@ def step_lr(step: int, steps_per_epoch: int, base_lr: float, milestones: Iterabl
     return base_lr * gamma ** bisect.bisect_right(sorted(milestones), epoch)
 
 
-def article_lr_factor(epoch: float | torch.Tensor):
-    """The article's hand-fitted piecewise-linear S_ref(t)/S(0) of the baseline run (150 epochs).
+ARTICLE_STAGES = (0.0, 50.0, 100.0, 150.0)  # the article's lr stages, in epochs
 
-    1 - 0.05 e (e < 10); 0.5 - 0.0025 (e - 10) (e < 50); 0.4 + 0.006 (e - 50) (e < 100);
-    0.7 + 0.001 (e - 100) after. The conv gradients get multiplied by S(t) / (S(0) * this).
+
+def article_piecewise(epoch: float) -> float:
+    """The article's hand-fitted piecewise-linear `p(epoch)`, its fit of S(0) / S_ref(epoch)
+    (the baseline's initial over current sum of squared conv weights; 150-epoch schedule):
+
+        1 - 0.05 e (e < 10); 0.5 - 0.0025 (e - 10) (e < 50); 0.4 + 0.006 (e - 50) (e < 100);
+        0.7 + 0.001 (e - 100) after.
+
+    The article's TF code multiplies the conv gradients by `p(epoch) * S(t) / 800`.
     """
-    e = epoch
-    if isinstance(e, torch.Tensor):
-        return torch.where(
-            e < 10,
-            1 - 0.05 * e,
-            torch.where(
-                e < 50, 0.5 - 0.0025 * (e - 10), torch.where(e < 100, 0.4 + 0.006 * (e - 50), 0.7 + 0.001 * (e - 100))
-            ),
-        )
+    e = float(epoch)
     if e < 10:
         return 1.0 - 0.05 * e
     if e < 50:
@@ -85,6 +83,35 @@ def article_lr_factor(epoch: float | torch.Tensor):
     if e < 100:
         return 0.4 + 0.006 * (e - 50)
     return 0.7 + 0.001 * (e - 100)
+
+
+def article_epoch(epoch: float, milestones: Sequence[float], epochs: float) -> float:
+    """Map a run's epoch onto the article's 150-epoch schedule, lr stage k onto stage k, linearly.
+
+    A run with milestones (m1, m2) and `epochs` E has stages [0, m1), [m1, m2), [m2, E]; the
+    article's are [0, 50), [50, 100), [100, 150]. With the blog preset this is the identity.
+    """
+    m = sorted(float(x) for x in milestones)
+    if len(m) != 2:
+        raise ValueError(f"the article's schedule has two lr drops; got milestones {list(milestones)}")
+    bounds = (0.0, m[0], m[1], float(epochs))
+    k = min(max(bisect.bisect_right(bounds, float(epoch)) - 1, 0), 2)
+    lo, hi = bounds[k], bounds[k + 1]
+    a_lo, a_hi = ARTICLE_STAGES[k], ARTICLE_STAGES[k + 1]
+    return a_lo + (a_hi - a_lo) * (float(epoch) - lo) / (hi - lo)
+
+
+def lr_factor(sq: torch.Tensor, sq_ref: torch.Tensor | float, adam: bool = False) -> torch.Tensor:
+    """The article's replacement of conv L2: the factor `S(t) / S_ref(t)` by which the conv layers'
+    gradients are multiplied, so that their effective lr, lr * factor / S, is the baseline's lr / S_ref.
+
+    `sq`: current sum(s) of squared conv weights (one value, or one per layer); `sq_ref`: the
+    baseline's at the same point. For Adam-type optimizers the effective lr goes as lr / ||w||,
+    and a gradient factor cancels in m / sqrt(v): the factor `sqrt(S / S_ref)` must scale the
+    conv group's *learning rate* instead (`adam=True` returns that square root).
+    """
+    f = sq / sq_ref
+    return f.sqrt() if adam else f
 
 
 def make_optimizer(

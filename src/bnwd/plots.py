@@ -11,15 +11,14 @@ None when none of its variants has data.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .errors import BnwdError
+from .runs import Curve, Run, aggregate, by_variant, load_run, load_runs, mean_std  # noqa: F401 (re-exported)
 
 # Variant -> (color, line style). Baseline orange and no_conv_l2 blue as in the article.
 COLORS = {
@@ -57,183 +56,6 @@ CAPTIONS = {
 
 
 # ---------------------------------------------------------------- loading
-
-
-@dataclass
-class Run:
-    """One run directory: its config, metric rows, per-key arrays (NaN where missing) and summary."""
-
-    path: Path
-    config: dict
-    rows: list[dict]
-    summary: dict = field(default_factory=dict)
-    metrics: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.path = Path(self.path)
-        if not self.metrics:
-            self.metrics = _columns(self.rows)
-
-    @property
-    def variant(self) -> str:
-        return str(self.config.get("variant") or self.summary.get("variant") or "?")
-
-    @property
-    def seed(self):
-        s = self.config.get("seed", self.summary.get("seed"))
-        return s
-
-    @property
-    def epochs(self) -> float:
-        return float(self.config.get("epochs") or self.summary.get("epochs") or _last(self.metrics.get("epoch")))
-
-    def has(self, key: str) -> bool:
-        a = self.metrics.get(key)
-        return a is not None and bool(np.isfinite(a).any())
-
-    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(epochs, values) at the sample points where `key` has a finite value."""
-        e, _, v = self.series_steps(key)
-        return e, v
-
-    def series_steps(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(epochs, steps, values) at the sample points where `key` has a finite value."""
-        v = self.metrics.get(key)
-        if v is None:
-            z = np.zeros(0)
-            return z, z, z
-        ok = np.isfinite(v) & np.isfinite(self.metrics["epoch"])
-        steps = self.metrics.get("step", np.full(len(v), np.nan))
-        return self.metrics["epoch"][ok], steps[ok], v[ok]
-
-
-def _last(a) -> float:
-    if a is None or not len(a):
-        return float("nan")
-    return float(a[-1])
-
-
-def _num(x) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return float("nan")
-    return float(x)
-
-
-def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
-    """Numeric keys of the rows as float arrays, NaN where a row lacks the key."""
-    keys: dict[str, None] = {}
-    for r in rows:
-        for k, v in r.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                keys.setdefault(k)
-    cols = {k: np.array([_num(r.get(k)) for r in rows], dtype=float) for k in keys}
-    if "epoch" not in cols:
-        cols["epoch"] = np.full(len(rows), np.nan)
-    return cols
-
-
-def _read_json(p: Path, what: str) -> dict:
-    try:
-        d = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BnwdError(f"{p}: cannot read {what} ({type(e).__name__})") from None
-    if not isinstance(d, dict):
-        raise BnwdError(f"{p}: {what} is not a JSON object")
-    return d
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory; BnwdError (one line) if it is not one or has no metrics yet."""
-    p = Path(run_dir)
-    if not p.is_dir() or not (p / "config.json").is_file():
-        raise BnwdError(f"{p} is not a run directory (needs config.json and metrics.jsonl)")
-    if not (p / "metrics.jsonl").is_file():
-        raise BnwdError(f"{p} is not a run directory with metrics (no metrics.jsonl)")
-    config = _read_json(p / "config.json", "config.json")
-    rows = []
-    try:
-        text = (p / "metrics.jsonl").read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BnwdError(f"{p}/metrics.jsonl: cannot read ({type(e).__name__})") from None
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a half-written line (the run was killed mid-write)
-        if isinstance(r, dict) and isinstance(r.get("epoch"), (int, float)):
-            rows.append(r)
-    if not rows:
-        raise BnwdError(f"{p}/metrics.jsonl holds no sample points (no metrics yet)")
-    summary = _read_json(p / "summary.json", "summary.json") if (p / "summary.json").exists() else {}
-    return Run(p, config, rows, summary)
-
-
-def load_runs(paths: Iterable[str | Path]) -> list[Run]:
-    return [load_run(p) for p in paths]
-
-
-def _seed_key(r: Run):
-    s = r.seed
-    return (0, s, "") if isinstance(s, (int, float)) else (1, 0, str(s))
-
-
-def by_variant(runs: list[Run]) -> dict[str, list[Run]]:
-    """Runs grouped by variant, in the article's order (unknown variants last), seeds sorted."""
-    out: dict[str, list[Run]] = {}
-    for r in runs:
-        out.setdefault(r.variant, []).append(r)
-    order = {v: i for i, v in enumerate(ORDER)}
-    return {v: sorted(rs, key=_seed_key) for v, rs in sorted(out.items(), key=lambda kv: (order.get(kv[0], 99), kv[0]))}
-
-
-# ---------------------------------------------------------------- seeds -> mean +- std
-
-
-@dataclass
-class Curve:
-    epoch: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray  # over seeds, ddof=1; 0 where only one seed has a value
-    n: np.ndarray  # seeds with a value at each point
-
-
-def aggregate(runs: list[Run], key: str) -> Curve:
-    """Mean and +-1 std over seeds of `key`.
-
-    Seeds whose sample steps equal the reference seed's (the one with the most points)
-    are stacked as they are; others are interpolated onto the reference epochs (NaN
-    outside their own range).
-    """
-    series = [r.series_steps(key) for r in runs]
-    series = [s for s in series if len(s[0])]
-    if not series:
-        z = np.zeros(0)
-        return Curve(z, z, z, z)
-    ref = max(range(len(series)), key=lambda i: len(series[i][0]))
-    e0, s0, _ = series[ref]
-    vals = []
-    for e, s, v in series:
-        if len(s) == len(s0) and np.array_equal(s, s0):
-            vals.append(v)
-        else:
-            x = np.interp(e0, e, v)
-            x[(e0 < e[0] - 1e-9) | (e0 > e[-1] + 1e-9)] = np.nan
-            vals.append(x)
-    a = np.vstack(vals)
-    ok = np.isfinite(a)
-    n = ok.sum(0)
-    mean = np.where(ok, a, 0).sum(0) / np.maximum(n, 1)
-    dev = np.where(ok, a - mean, 0.0)
-    std = np.where(n > 1, np.sqrt((dev**2).sum(0) / np.maximum(n - 1, 1)), 0.0)
-    return Curve(e0, mean, std, n.astype(float))
-
-
-def mean_std(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(epochs, mean, std) over seeds; see `aggregate`."""
-    c = aggregate(runs, key)
-    return c.epoch, c.mean, c.std
 
 
 # ---------------------------------------------------------------- drawing
@@ -359,7 +181,7 @@ def equilibrium_angular_update(lr, cfg: dict) -> np.ndarray | None:
     SGD+L2: sqrt(2 lr wd / (1 + momentum)); AdamW: sqrt(2 lr wd (1 - b1) / (1 + b1)), b1 =
     config `momentum` (0.9 by default). None for other optimizers or without weight decay.
     """
-    lam = float(cfg.get("weight_decay") or 0.0)
+    lam = float(cfg.get("conv_weight_decay", cfg.get("weight_decay")) or 0.0)
     mu = float(cfg.get("momentum", 0.9))
     opt = cfg.get("optimizer", "sgd")
     lr = np.atleast_1d(np.asarray(lr, dtype=float))
@@ -438,7 +260,11 @@ def equilibrium_sqsum(run: Run) -> np.ndarray | None:
     from . import theory
 
     cfg = run.config
-    lam, mu, opt = float(cfg.get("weight_decay") or 0.0), float(cfg.get("momentum", 0.9)), cfg.get("optimizer", "sgd")
+    lam, mu, opt = (
+        float(cfg.get("conv_weight_decay", cfg.get("weight_decay")) or 0.0),
+        float(cfg.get("momentum", 0.9)),
+        cfg.get("optimizer", "sgd"),
+    )
     if run.variant != "baseline" or not lam > 0 or not 0 <= mu < 1 or opt not in ("sgd", "adamw"):
         return None
     lr = run.metrics.get("lr")
@@ -569,12 +395,17 @@ def plot_exact(runs: list[Run]):
     return fig
 
 
-def _article_curve(E: float) -> tuple[np.ndarray, np.ndarray]:
-    """The article's piecewise-linear S_ref(t)/S(0), its 150 epochs mapped onto [0, E]."""
-    from .optim import article_lr_factor
+def _article_curve(cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The article's fit of the baseline's S(t)/S(0), i.e. 1 / p(epoch), its three 50-epoch lr
+    stages mapped onto the run's stages one by one (`optim.article_epoch`)."""
+    from .optim import article_epoch, article_piecewise
 
+    E = float(cfg.get("epochs") or ARTICLE_EPOCHS)
+    ms = cfg.get("lr_milestones") or [50.0, 100.0]
     x = np.linspace(0.0, E, 400)
-    return x, np.array([article_lr_factor(float(t) * ARTICLE_EPOCHS / E) for t in x])
+    if len(ms) != 2:
+        return x, np.array([1.0 / article_piecewise(float(t) * ARTICLE_EPOCHS / E) for t in x])
+    return x, np.array([1.0 / article_piecewise(article_epoch(float(t), ms, E)) for t in x])
 
 
 def plot_lr_factor(runs: list[Run]):
@@ -627,7 +458,7 @@ def plot_lr_factor(runs: list[Run]):
             lw=1.5,
             label=f"baseline S(t)/S(0), measured ({len(base)} seed{'s' if len(base) != 1 else ''})",
         )
-        x, y = _article_curve(E)
+        x, y = _article_curve(cfg)
         ax.plot(
             x,
             y,
@@ -644,7 +475,7 @@ def plot_lr_factor(runs: list[Run]):
             runs,
             False,
             False,
-            note=f"article's curve at epoch x 150/{E:g}" if mapped else "",
+            note="article's curve: its lr stages mapped onto this run's" if mapped else "",
         )
     return fig
 

@@ -138,3 +138,54 @@ def predicted_curves(
 
 
 predicted_curve = predicted_curves  # alias
+
+
+# ---------------------------------------------------------------- the experiment's dimensionless numbers
+
+ARTICLE_CONFIG = {
+    "lr": 0.1,
+    "lr_gamma": 0.1,
+    "lr_milestones": [50.0, 100.0],
+    "epochs": 150.0,
+    "steps_per_epoch": 390,
+    "momentum": 0.9,
+    "conv_weight_decay": 2e-4,
+    "weight_decay": 2e-4,
+    "bn_momentum": 0.003,
+    "n_test": 10_000,
+}
+
+
+def dimensionless(cfg: dict) -> dict:
+    """What a reduced preset must keep of the article (design.md, "Shrinking the experiment"),
+    from a resolved config (config.json; `steps_per_epoch` and `n_test` from the run):
+
+      stage_steps      N_k, steps per lr stage
+      relaxation       N_k * 2 lr_k lam_conv / (1 - mu): e-folding times of ||w||^2 per stage
+      bn_window        (1 / bn_momentum) * 2 lr_0 lam_conv / (1 - mu): the BN moving-average
+                       window in relaxation units, at the configured momentum
+      bn_window_098    the same at the article's fix (decay 0.98, `config.bn098_momentum`)
+      regularizer_l2   L2 on BN gamma/beta and the dense layer (a real regularizer)
+      n_test           test images
+    """
+    from .config import bn098_momentum
+
+    spe = float(cfg["steps_per_epoch"])
+    E, ms = float(cfg["epochs"]), sorted(float(m) for m in cfg["lr_milestones"])
+    bounds = [0.0] + [m for m in ms if 0 < m < E] + [E]
+    lam, mu, lr0 = float(cfg["conv_weight_decay"]), float(cfg["momentum"]), float(cfg["lr"])
+    steps, relax = [], []
+    for k in range(len(bounds) - 1):
+        n = round(bounds[k + 1] * spe) - round(bounds[k] * spe)
+        lr = lr0 * float(cfg["lr_gamma"]) ** k
+        steps.append(n)
+        relax.append(n * 2 * lr * lam / (1 - mu))
+    rate = 2 * lr0 * lam / (1 - mu)
+    return {
+        "stage_steps": steps,
+        "relaxation": relax,
+        "bn_window": rate / float(cfg["bn_momentum"]),
+        "bn_window_098": rate / bn098_momentum(float(cfg["bn_momentum"])),
+        "regularizer_l2": float(cfg["weight_decay"]),
+        "n_test": int(cfg.get("n_test") or 10_000),
+    }

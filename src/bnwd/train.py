@@ -1,16 +1,15 @@
-"""The training loop: one run directory per run, complete and resumable.
+"""The training loop: one run into one run directory (`runs`), complete and resumable.
 
-RUN/config.json     the resolved config
-RUN/metrics.jsonl   one JSON object per sample point (every `sample_every` epochs)
-RUN/summary.json    written when the run finishes
-RUN/checkpoint.pt   model, optimizer, monitor, step, config; written atomically
+`Trainer.run` reads top to bottom: resume (or start), then per step `train_step`; at each
+sample point `sample_point` (metrics, evaluation, NaN check) and, at checkpoint points, a
+checkpoint; at the end `finish` (summary). The lr rules (schedule, the article's conv lr
+factor) live in `optim`, the run folder in `runs`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import time
@@ -28,76 +27,20 @@ from .data import Cifar10, TrainLoader, load_cifar10, test_batches
 from .errors import BnwdError, CheckpointError, ConfigError, DivergenceError
 from .models import resnet
 from .monitor import Monitor
-from .optim import article_lr_factor, make_optimizer, param_groups, step_lr
-
-CKPT = "checkpoint.pt"
-
-
-# ---------------------------------------------------------------- files
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temp file, fsync, rename: a crash leaves the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise BnwdError(
-            f"could not write {path}: {e.strerror or e}; the previous version of the file is intact"
-        ) from None
-
-
-def _fsync_dir(d: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(path, buf.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or tampered file: zip, pickle or unsupported-global errors
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path} is corrupt or not a bnwd checkpoint ({msg[:160]}); delete it or rerun with --force"
-        ) from None
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Complete lines of metrics.jsonl; a half-written last line (crash) is dropped."""
-    out = []
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
-
-
-def _jsonable(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
+from .optim import article_epoch, article_piecewise, lr_factor, make_optimizer, param_groups, step_lr
+from .runs import (
+    CKPT,
+    CONFIG,
+    METRICS,
+    SUMMARY,
+    atomic_write,
+    jsonable,
+    load_checkpoint,
+    read_json,
+    read_metrics,
+    save_checkpoint,
+    write_metrics,
+)
 
 # ---------------------------------------------------------------- device
 
@@ -115,88 +58,111 @@ def pick_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
-# ---------------------------------------------------------------- lr scaling
+# ---------------------------------------------------------------- the article's conv lr factor
 
 
-class ConvGradScaler:
-    """The article's replacement of conv L2 by a learning-rate factor.
+class ReferenceNorms:
+    """S_ref(epoch): the baseline's sum of squared conv weights, globally or per conv layer.
 
-    Multiplies the conv gradients (so the factor enters the momentum buffer, as in the
-    article) by S(t) / S_ref(t), where S is the current sum of squared conv weights and
-    S_ref the baseline's: `article` -> S(0) * piecewise_linear(epoch); `reference` ->
-    interpolated from a finished baseline run's metrics (global sum, or per layer).
-    With Adam/AdamW the effective lr of a scale-invariant weight goes as lr/||w||, so the
-    factor applies to the conv learning rate as sqrt(S/S_ref) instead.
+    `article`: S(0) / p(article_epoch(epoch)), the article's piecewise fit with its lr stages
+    mapped onto the run's; `reference`: interpolated from a finished baseline run's metrics.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        conv_params: list[nn.Parameter],
-        conv_names: list[str],
-        mode: str,
-        steps_per_epoch: int,
-        reference: str = "",
-        reference_mode: str = "global",
-        adam: bool = False,
-    ):
-        self.params, self.names, self.mode, self.spe, self.adam = conv_params, conv_names, mode, steps_per_epoch, adam
-        self.per_layer = mode == "reference" and reference_mode == "layer"
-        with torch.no_grad():
-            self.s0 = float(sum(p.detach().double().pow(2).sum() for p in conv_params))
-        self.last = 1.0
+    def __init__(self, mode: str, cfg: C.Config, s0: float, names: list[str]):
+        self.mode, self.cfg, self.s0, self.names = mode, cfg, s0, names
+        self.per_layer = mode == "reference" and cfg.reference_mode == "layer"
         if mode == "reference":
-            self._load_reference(Path(reference))
+            self._load(Path(cfg.reference))
 
-    def _load_reference(self, run: Path) -> None:
-        rows = read_metrics(run / "metrics.jsonl")
-        if not rows or not (run / "summary.json").exists():
+    def _load(self, run: Path) -> None:
+        if not (run / SUMMARY).exists() or not (run / METRICS).exists():
             raise ConfigError(f"reference={run} is not a finished baseline run (needs metrics.jsonl and summary.json)")
-        cfg = json.loads((run / "config.json").read_text())
-        if cfg.get("variant") != "baseline":
-            raise ConfigError(f"reference={run} is a {cfg.get('variant')!r} run; it must be a baseline run")
-        # The reference's sample points are at the end of windows; S_ref(0) is that run's initial sqsum.
-        s0 = json.loads((run / "summary.json").read_text()).get("initial_conv_sqsum")
-        self.ref_epoch = np.array([0.0] + [r["epoch"] for r in rows])
+        rows, summary = read_metrics(run / METRICS), read_json(run / SUMMARY)
+        variant = read_json(run / CONFIG).get("variant")
+        if variant != "baseline":
+            raise ConfigError(f"reference={run} is a {variant!r} run; it must be a baseline run")
+        # Sample points sit at the ends of windows; epoch 0 is the reference's initial norm.
+        self.epoch = np.array([0.0] + [r["epoch"] for r in rows])
         if self.per_layer:
             missing = [n for n in self.names if f"sqnorm/conv/{n}" not in rows[0]]
             if missing:
                 raise ConfigError(
-                    f"reference={run} has no per-layer norms for {missing[0]} (was it trained with log_layers=false or another model?)"
+                    f"reference={run} has no per-layer norms for {missing[0]} "
+                    "(was it trained with log_layers=false or another model?)"
                 )
-            init = json.loads((run / "summary.json").read_text()).get("initial_layer_sqnorm", {})
-            self.ref = np.array(
-                [[init.get(n, rows[0][f"sqnorm/conv/{n}"]) for n in self.names]]
-                + [[r[f"sqnorm/conv/{n}"] for n in self.names] for r in rows]
-            )
+            init = summary.get("initial_layer_sqnorm", {})
+            first = [init.get(n, rows[0][f"sqnorm/conv/{n}"]) for n in self.names]
+            self.ref = np.array([first] + [[r[f"sqnorm/conv/{n}"] for n in self.names] for r in rows])
         else:
-            self.ref = np.array([s0 if s0 else rows[0]["conv_sqsum"]] + [r["conv_sqsum"] for r in rows])
+            s0 = summary.get("initial_conv_sqsum") or rows[0]["conv_sqsum"]
+            self.ref = np.array([s0] + [r["conv_sqsum"] for r in rows])
 
-    def reference_sqsum(self, step: int):
-        e = step / self.spe
+    def at(self, epoch: float) -> np.ndarray | float:
         if self.mode == "article":
-            return self.s0 * article_lr_factor(e)
+            cfg = self.cfg
+            return self.s0 / article_piecewise(article_epoch(epoch, cfg.lr_milestones, cfg.epochs))
         if self.per_layer:
-            return np.array([np.interp(e, self.ref_epoch, self.ref[:, i]) for i in range(self.ref.shape[1])])
-        return float(np.interp(e, self.ref_epoch, self.ref))
+            return np.array([np.interp(epoch, self.epoch, self.ref[:, i]) for i in range(self.ref.shape[1])])
+        return float(np.interp(epoch, self.epoch, self.ref))
 
-    @torch.no_grad()
-    def factors(self, step: int) -> torch.Tensor:
-        """Per-conv-layer factor S(t)/S_ref(t) as a device tensor (no host sync)."""
-        sq = torch.stack(torch._foreach_norm(self.params)).float().pow(2)
-        ref = self.reference_sqsum(step)
-        if self.per_layer:
-            f = sq / torch.as_tensor(ref, dtype=sq.dtype, device=sq.device)
-        else:
-            f = (sq.sum() / ref).expand(len(self.params))
-        return f.sqrt() if self.adam else f
 
-    @torch.no_grad()
-    def scale_grads(self, step: int) -> torch.Tensor:
-        f = self.factors(step)
-        grads = [p.grad for p in self.params]
-        torch._foreach_mul_(grads, list(f.unbind()))
-        return f
+# ---------------------------------------------------------------- BN statistics at a second momentum
+
+
+class ShadowBNStats:
+    """Running BN statistics at a second momentum, kept beside the model's own.
+
+    `lr_scaled` and `lr_scaled_bn098` train identically: in training mode BN normalizes with
+    batch statistics, so its momentum only changes the running averages used at evaluation.
+    Forward hooks on every BN layer update a second set of averages with the same rule as
+    PyTorch (running = (1 - m) running + m batch, variance unbiased), in float32;
+    `swapped()` evaluates with them. One training run then gives both variants.
+    """
+
+    def __init__(self, model: nn.Module, momentum: float):
+        self.momentum = momentum
+        self.bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.mean = [bn.running_mean.detach().clone().float() for bn in self.bns]
+        self.var = [bn.running_var.detach().clone().float() for bn in self.bns]
+        self.handles = [bn.register_forward_hook(self._hook(i)) for i, bn in enumerate(self.bns)]
+
+    def _hook(self, i: int):
+        def hook(module, args, output):
+            if not module.training:
+                return
+            with torch.no_grad():
+                x = args[0].detach().float()
+                var, mean = torch.var_mean(x, dim=[d for d in range(x.dim()) if d != 1], correction=1)
+                self.mean[i].lerp_(mean, self.momentum)
+                self.var[i].lerp_(var, self.momentum)
+
+        return hook
+
+    @contextlib.contextmanager
+    def swapped(self):
+        saved = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in self.bns]
+        try:
+            for bn, m, v in zip(self.bns, self.mean, self.var):
+                bn.running_mean.copy_(m)
+                bn.running_var.copy_(v)
+            yield
+        finally:
+            for bn, (m, v) in zip(self.bns, saved):
+                bn.running_mean.copy_(m)
+                bn.running_var.copy_(v)
+
+    def state_dict(self) -> dict:
+        return {"momentum": self.momentum, "mean": [m.cpu() for m in self.mean], "var": [v.cpu() for v in self.var]}
+
+    def load_state_dict(self, st: dict) -> None:
+        if len(st["mean"]) != len(self.bns):
+            raise ValueError(f"shadow BN state has {len(st['mean'])} layers, the model {len(self.bns)}")
+        self.mean = [m.to(b.running_mean.device).float() for m, b in zip(st["mean"], self.bns)]
+        self.var = [v.to(b.running_var.device).float() for v, b in zip(st["var"], self.bns)]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 # ---------------------------------------------------------------- the run
@@ -242,26 +208,27 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         model = resnet(cfg.depth, width=cfg.width, bn_momentum=self.res["bn_momentum_used"], bn_eps=cfg.bn_eps)
-        self.model = model.to(
-            self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
-        )
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=fmt)
         wd = {"conv": self.res["conv_weight_decay"], "bn": cfg.weight_decay, "head": cfg.weight_decay}
         self.groups = param_groups(self.model, wd)
         self.opt = make_optimizer(self.groups, cfg.optimizer, cfg.lr, cfg.momentum, (cfg.momentum, cfg.adam_beta2))
-        conv = next(g for g in self.opt.param_groups if g["name"] == "conv")
-        self.init_conv_sqsum = float(sum(p.detach().double().pow(2).sum() for p in conv["params"]))
-        self.init_layer_sqnorm = {
-            n: float(p.detach().double().pow(2).sum()) for n, p in zip(conv["param_names"], conv["params"])
-        }
+        self.adam = cfg.optimizer != "sgd"
+        self.conv = next(g for g in self.opt.param_groups if g["name"] == "conv")
+        with torch.no_grad():
+            torch._foreach_mul_(self.conv["params"], cfg.conv_init_scale)
+        sq = [float(p.detach().double().pow(2).sum()) for p in self.conv["params"]]
+        self.init_conv_sqsum = sum(sq)
+        self.init_layer_sqnorm = dict(zip(self.conv["param_names"], sq))
 
-        self.scaler: ConvGradScaler | None = None
+        self.reference: ReferenceNorms | None = None
         self.wrapper = None
         scaling = self.res["conv_lr_scaling"]
         if scaling == "exact":
             from .exact import WeightDecayAsLR
 
             # The baseline's conv L2 goes into the group, then the wrapper turns it into an lr schedule.
-            conv["weight_decay"] = cfg.weight_decay
+            self.conv["weight_decay"] = cfg.conv_weight_decay
             # eps / s_t^2 keeps the transform exact with BN eps; statistics rescaling (lr_exact only)
             # removes the moving-average lag at inference.
             self.wrapper = WeightDecayAsLR(
@@ -272,17 +239,10 @@ class Trainer:
                 rescale_bn_stats=self.res["rescale_bn_stats"],
             )
         elif scaling in ("article", "reference"):
-            self.scaler = ConvGradScaler(
-                self.model,
-                conv["params"],
-                conv["param_names"],
-                scaling,
-                spe,
-                cfg.reference,
-                cfg.reference_mode,
-                adam=cfg.optimizer != "sgd",
-            )
+            self.reference = ReferenceNorms(scaling, cfg, self.init_conv_sqsum, self.conv["param_names"])
         self.stepper = self.wrapper if self.wrapper is not None else self.opt
+        # The factor of the last step (device tensor, one per conv layer), for the log and the monitor.
+        self.factor = torch.ones(len(self.conv["params"]), dtype=torch.float32, device=self.device)
         self.monitor = Monitor(
             self.model,
             self.opt,
@@ -290,6 +250,8 @@ class Trainer:
             halflife=self.sample_every,
             layers="auto" if cfg.log_layers else "none",
         )
+        self.conv_index = self.monitor.index_of(self.conv["params"])
+        self.shadow = ShadowBNStats(self.model, C.bn098_momentum(cfg.bn_momentum)) if self.res["bn098_view"] else None
         self.step = 0
         self.win = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, images
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -305,7 +267,8 @@ class Trainer:
             "step": self.step,
             "window": self.win.cpu(),
             "config": self.cfg.to_dict(),
-            "lr_factor_last": self.scaler.last if self.scaler else 1.0,
+            "lr_factor": self.factor.cpu(),
+            "shadow_bn": self.shadow.state_dict() if self.shadow else None,
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -326,22 +289,42 @@ class Trainer:
             self.model.load_state_dict(st["model"])
             self.stepper.load_state_dict(st["optimizer"])
             self.monitor.load_state_dict(st["monitor"])
-        except (KeyError, RuntimeError, ValueError) as e:
+            if self.shadow:
+                self.shadow.load_state_dict(st["shadow_bn"])
+            self.factor = st["lr_factor"].to(self.device)
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(
                 f"{self.out / CKPT} does not fit this model/optimizer ({str(e).splitlines()[0][:160]})"
             ) from None
         self.step = int(st["step"])
         self.win = st["window"].to(self.device)
-        if self.scaler:
-            self.scaler.last = st.get("lr_factor_last", 1.0)
         torch.set_rng_state(st["torch_rng"])
 
-    # ------------------------------------------------------------ pieces
+    # ------------------------------------------------------------ one step
     def set_lr(self, step: int) -> float:
         lr = step_lr(step, self.spe, self.cfg.lr, self.cfg.lr_milestones, self.cfg.lr_gamma)
         for g in self.opt.param_groups:
             g["lr"] = lr
         return lr
+
+    @torch.no_grad()
+    def apply_lr_factor(self, step: int) -> None:
+        """The article's lr scaling (`optim.lr_factor`): SGD multiplies the conv gradients, so the
+        factor enters the momentum buffer as in the article's code; Adam-type optimizers get
+        the factor on the conv group's lr (a gradient factor would cancel in m / sqrt(v))."""
+        params = self.conv["params"]
+        sq = torch.stack(torch._foreach_norm(params)).float().square()
+        ref = self.reference.at(step / self.spe)
+        if self.reference.per_layer:
+            f = lr_factor(sq, torch.as_tensor(ref, dtype=sq.dtype, device=sq.device))
+        else:
+            f = lr_factor(sq.sum(), float(ref), adam=self.adam).expand(len(params))
+        self.factor = f
+        if self.adam:
+            self.conv["lr"] = self.conv["lr"] * float(f[0])
+        else:
+            torch._foreach_mul_([p.grad for p in params], list(f.unbind()))
+            self.monitor.set_lr_scale(self.conv_index, f)
 
     def train_step(self, step: int) -> None:
         x, y = self.loader.batch(step)
@@ -353,20 +336,14 @@ class Trainer:
             loss = F.cross_entropy(logits.float(), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if self.scaler is not None:
-            f = self.scaler.scale_grads(step)
-            self._factor = f
+        if self.reference is not None:
+            self.apply_lr_factor(step)
         self.stepper.step()
         with torch.no_grad():
             ld = loss.detach()
             self.bad_step.copy_(torch.where((self.bad_step < 0) & ~torch.isfinite(ld), step, self.bad_step))
-            self.win += torch.stack(
-                [
-                    ld.double() * len(y),
-                    (logits.argmax(1) == y).sum().double(),
-                    torch.tensor(float(len(y)), dtype=torch.float64, device=self.device),
-                ]
-            )
+            n = torch.tensor(float(len(y)), dtype=torch.float64, device=self.device)
+            self.win += torch.stack([ld.double() * len(y), (logits.argmax(1) == y).sum().double(), n])
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -377,104 +354,80 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.model(x).float()
-            tot += torch.stack(
-                [
-                    F.cross_entropy(logits, y, reduction="sum").double(),
-                    (logits.argmax(1) == y).sum().double(),
-                    torch.tensor(float(len(y)), dtype=torch.float64, device=self.device),
-                ]
-            )
+            n = torch.tensor(float(len(y)), dtype=torch.float64, device=self.device)
+            loss = F.cross_entropy(logits, y, reduction="sum").double()
+            tot += torch.stack([loss, (logits.argmax(1) == y).sum().double(), n])
         loss, correct, n = tot.tolist()
         return loss / n, correct / n
 
-    def sample_row(self, step: int, lr: float) -> dict:
+    # ------------------------------------------------------------ sample points
+    def sample_point(self, step: int, lr: float, evaluate: bool, ckpt_path: Path) -> dict:
+        """The metrics row of the window that ends at `step` (and the test set when `evaluate`)."""
+        bad = int(self.bad_step)
+        if bad >= 0:
+            raise DivergenceError(
+                f"loss became NaN/inf at step {bad} (epoch {bad / self.spe:.2f}); the last good checkpoint "
+                f"{ckpt_path if ckpt_path.exists() else '(none yet)'} is intact; lower lr or check the data"
+            )
         row: dict[str, Any] = {"step": step, "epoch": step / self.spe, "lr": lr}
         loss_sum, correct, n = self.win.tolist()
         self.win.zero_()
         row["train_loss"] = loss_sum / max(n, 1)
         row["train_acc"] = correct / max(n, 1)
-        if self.scaler is not None:
-            self.scaler.last = float(self._factor.mean()) if hasattr(self, "_factor") else self.scaler.last
-            row["lr_factor"] = self.scaler.last
-        elif self.wrapper is not None:
+        if self.wrapper is not None:
             sc = self.wrapper.scale
             s = float(sc["conv"]) if isinstance(sc, dict) else float(sc)
             row["lr_factor"] = 1.0 / (s * s)
             row["decay_scale"] = s
         else:
-            row["lr_factor"] = 1.0
+            row["lr_factor"] = float(self.factor.mean())
         m = self.monitor.sample()
         m.pop("step", None)
         row.update(m)
+        if evaluate:
+            row["test_loss"], row["test_acc"] = self.evaluate()
+            if self.shadow is not None:
+                with self.shadow.swapped():
+                    row["test_loss_bn098"], row["test_acc_bn098"] = self.evaluate()
         return row
 
     # ------------------------------------------------------------ main
-    def run(self) -> dict:
-        out = self.out
-        metrics_path = out / "metrics.jsonl"
-        ckpt_path = out / CKPT
+    def resume_or_start(self, metrics_path: Path, ckpt_path: Path) -> None:
         if ckpt_path.exists():
             self.load_state(load_checkpoint(ckpt_path))
             # Keep exactly the sample points up to the checkpoint: later ones are recomputed.
-            rows = [r for r in read_metrics(metrics_path) if r.get("step", 0) <= self.step]
-            atomic_write(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+            write_metrics(metrics_path, [r for r in read_metrics(metrics_path) if r.get("step", 0) <= self.step])
         else:
             atomic_write(metrics_path, "")
+
+    def run(self) -> dict:
+        metrics_path, ckpt_path = self.out / METRICS, self.out / CKPT
+        self.resume_or_start(metrics_path, ckpt_path)
         self._open_tensorboard()
         start, t0 = self.step, time.time()
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=self.total_steps,
-                initial=start,
-                unit="step",
-                dynamic_ncols=True,
-                desc=f"{self.cfg.variant} s{self.cfg.seed}",
-                leave=True,
-            )
+        bar = self._progress_bar(start)
         old = self._install_signals()
         try:
             with open(metrics_path, "a") as mf:
-                lr = self.set_lr(self.step)
                 while self.step < self.total_steps:
                     lr = self.set_lr(self.step)
                     self.train_step(self.step)
                     self.step += 1
+                    s, last = self.step, self.step == self.total_steps
                     if bar is not None:
                         bar.update(1)
-                    s = self.step
-                    sample = s % self.sample_every == 0 or s == self.total_steps
+                    sample = s % self.sample_every == 0 or last
                     if sample:
-                        bad = int(self.bad_step)
-                        if bad >= 0:
-                            raise DivergenceError(
-                                f"loss became NaN/inf at step {bad} (epoch {bad / self.spe:.2f}); the last good checkpoint "
-                                f"{ckpt_path if ckpt_path.exists() else '(none yet)'} is intact; lower lr or check the data"
-                            )
-                        row = self.sample_row(s, lr)
-                        if s % self.eval_every == 0 or s == self.total_steps:
-                            row["test_loss"], row["test_acc"] = self.evaluate()
-                        mf.write(json.dumps(_jsonable(row)) + "\n")
+                        row = self.sample_point(s, lr, s % self.eval_every == 0 or last, ckpt_path)
+                        mf.write(json.dumps(jsonable(row)) + "\n")
                         mf.flush()
                         self._tensorboard(row)
-                        if bar is not None:
-                            el = time.time() - t0
-                            post = {
-                                "loss": f"{row['train_loss']:.3f}",
-                                "img/s": f"{(s - start) * self.cfg.batch_size / max(el, 1e-9):.0f}",
-                            }
-                            if "test_acc" in row:
-                                post["test"] = f"{100 * row['test_acc']:.1f}%"
-                            bar.set_postfix(post, refresh=False)
-                    if (sample and s % self.ckpt_every == 0) or s == self.total_steps:
-                        os.fsync(mf.fileno())
-                        save_checkpoint(ckpt_path, self.state())
-                    if self._stop_signal and s < self.total_steps:
+                        self._postfix(bar, row, s - start, t0)
+                    if (sample and s % self.ckpt_every == 0) or last or (self._stop_signal and not last):
                         mf.flush()
                         os.fsync(mf.fileno())
                         save_checkpoint(ckpt_path, self.state())
+                    if self._stop_signal and not last:
                         raise Interrupted(self._stop_signal, s, self.total_steps)
         finally:
             self._restore_signals(old)
@@ -483,8 +436,12 @@ class Trainer:
             if self.tb is not None:
                 self.tb.close()
             self.monitor.remove()
-        wall = time.time() - t0
-        rows = read_metrics(metrics_path)
+            if self.shadow is not None:
+                self.shadow.remove()
+        return self.finish(time.time() - t0, start)
+
+    def finish(self, wall: float, start: int) -> dict:
+        rows = read_metrics(self.out / METRICS)
         last = rows[-1]
         evals = [r for r in rows if "test_acc" in r]
         summary = {
@@ -507,8 +464,25 @@ class Trainer:
             "device": str(self.device),
             "finished": True,
         }
-        atomic_write(out / "summary.json", json.dumps(summary, indent=1))
+        atomic_write(self.out / SUMMARY, json.dumps(jsonable(summary), indent=1))
         return summary
+
+    def _progress_bar(self, start: int):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        desc = f"{self.cfg.variant} s{self.cfg.seed}"
+        return tqdm(total=self.total_steps, initial=start, unit="step", dynamic_ncols=True, desc=desc, leave=True)
+
+    def _postfix(self, bar, row: dict, steps: int, t0: float) -> None:
+        if bar is None:
+            return
+        post = {"loss": f"{row['train_loss']:.3f}"}
+        post["img/s"] = f"{steps * self.cfg.batch_size / max(time.time() - t0, 1e-9):.0f}"
+        if "test_acc" in row:
+            post["test"] = f"{100 * row['test_acc']:.1f}%"
+        bar.set_postfix(post, refresh=False)
 
     # ------------------------------------------------------------ signals / tensorboard
     def _install_signals(self):

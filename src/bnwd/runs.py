@@ -1,0 +1,317 @@
+"""The run directory, the one owner of its files, and runs read back for plots and reports.
+
+RUN/config.json     the resolved config
+RUN/metrics.jsonl   one JSON object per sample point
+RUN/summary.json    written when the run finishes
+RUN/checkpoint.pt   model, optimizer, monitor, step, config; written atomically
+
+Several runs of one variant (seeds) aggregate to mean +- std curves (`aggregate`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import VARIANTS
+from .errors import BnwdError, CheckpointError
+
+CONFIG, METRICS, SUMMARY, CKPT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temp file, fsync, rename: a crash leaves the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise BnwdError(
+            f"could not write {path}: {e.strerror or e}; the previous version of the file is intact"
+        ) from None
+
+
+def _fsync_dir(d: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or tampered file: zip, pickle or unsupported-global errors
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} is corrupt or not a bnwd checkpoint ({msg[:160]}); delete it or rerun with --force"
+        ) from None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of metrics.jsonl. The one rule for a bad line: the last line may be half-written
+    (the run was killed mid-write) and is dropped; a bad line before it means the file is corrupt."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise BnwdError(f"{path}: cannot read ({type(e).__name__})") from None
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise BnwdError(f"{path}: line {i + 1} is not JSON; the file is corrupt") from None
+        if not isinstance(row, dict):
+            raise BnwdError(f"{path}: line {i + 1} is not a JSON object; the file is corrupt")
+        out.append(row)
+    return out
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    atomic_write(path, "".join(json.dumps(jsonable(r)) + "\n" for r in rows))
+
+
+def jsonable(d: dict) -> dict:
+    """Non-finite floats -> None (JSON has no NaN)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def read_json(path: Path) -> dict:
+    return _read_json(Path(path), Path(path).name)
+
+
+# ---------------------------------------------------------------- runs read back
+
+
+@dataclass
+class Run:
+    """One run directory: its config, metric rows, per-key arrays (NaN where missing) and summary."""
+
+    path: Path
+    config: dict
+    rows: list[dict]
+    summary: dict = field(default_factory=dict)
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        if not self.metrics:
+            self.metrics = _columns(self.rows)
+
+    @property
+    def variant(self) -> str:
+        return str(self.config.get("variant") or self.summary.get("variant") or "?")
+
+    @property
+    def seed(self):
+        s = self.config.get("seed", self.summary.get("seed"))
+        return s
+
+    @property
+    def epochs(self) -> float:
+        return float(self.config.get("epochs") or self.summary.get("epochs") or _last(self.metrics.get("epoch")))
+
+    def has(self, key: str) -> bool:
+        a = self.metrics.get(key)
+        return a is not None and bool(np.isfinite(a).any())
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(epochs, values) at the sample points where `key` has a finite value."""
+        e, _, v = self.series_steps(key)
+        return e, v
+
+    def series_steps(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(epochs, steps, values) at the sample points where `key` has a finite value."""
+        v = self.metrics.get(key)
+        if v is None:
+            z = np.zeros(0)
+            return z, z, z
+        ok = np.isfinite(v) & np.isfinite(self.metrics["epoch"])
+        steps = self.metrics.get("step", np.full(len(v), np.nan))
+        return self.metrics["epoch"][ok], steps[ok], v[ok]
+
+
+def _last(a) -> float:
+    if a is None or not len(a):
+        return float("nan")
+    return float(a[-1])
+
+
+def _num(x) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return float("nan")
+    return float(x)
+
+
+def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Numeric keys of the rows as float arrays, NaN where a row lacks the key."""
+    keys: dict[str, None] = {}
+    for r in rows:
+        for k, v in r.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                keys.setdefault(k)
+    cols = {k: np.array([_num(r.get(k)) for r in rows], dtype=float) for k in keys}
+    if "epoch" not in cols:
+        cols["epoch"] = np.full(len(rows), np.nan)
+    return cols
+
+
+def _read_json(p: Path, what: str) -> dict:
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BnwdError(f"{p}: cannot read {what} ({type(e).__name__})") from None
+    if not isinstance(d, dict):
+        raise BnwdError(f"{p}: {what} is not a JSON object")
+    return d
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run directory; BnwdError (one line) if it is not one or has no metrics yet."""
+    p = Path(run_dir)
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise BnwdError(f"{p} is not a run directory (needs config.json and metrics.jsonl)")
+    if not (p / "metrics.jsonl").is_file():
+        raise BnwdError(f"{p} is not a run directory with metrics (no metrics.jsonl)")
+    config = _read_json(p / "config.json", "config.json")
+    rows = [r for r in read_metrics(p / "metrics.jsonl") if isinstance(r.get("epoch"), (int, float))]
+    if not rows:
+        raise BnwdError(f"{p}/metrics.jsonl holds no sample points (no metrics yet)")
+    summary = _read_json(p / "summary.json", "summary.json") if (p / "summary.json").exists() else {}
+    return Run(p, config, rows, summary)
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    return [load_run(p) for p in paths]
+
+
+def _seed_key(r: Run):
+    s = r.seed
+    return (0, s, "") if isinstance(s, (int, float)) else (1, 0, str(s))
+
+
+def by_variant(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by variant, in the article's order (unknown variants last), seeds sorted."""
+    out: dict[str, list[Run]] = {}
+    for r in runs:
+        out.setdefault(r.variant, []).append(r)
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    return {v: sorted(rs, key=_seed_key) for v, rs in sorted(out.items(), key=lambda kv: (order.get(kv[0], 99), kv[0]))}
+
+
+# ---------------------------------------------------------------- seeds -> mean +- std
+
+
+@dataclass
+class Curve:
+    epoch: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray  # over seeds, ddof=1; 0 where only one seed has a value
+    n: np.ndarray  # seeds with a value at each point
+
+
+def aggregate(runs: list[Run], key: str) -> Curve:
+    """Mean and +-1 std over seeds of `key`.
+
+    Seeds whose sample steps equal the reference seed's (the one with the most points)
+    are stacked as they are; others are interpolated onto the reference epochs (NaN
+    outside their own range).
+    """
+    series = [r.series_steps(key) for r in runs]
+    series = [s for s in series if len(s[0])]
+    if not series:
+        z = np.zeros(0)
+        return Curve(z, z, z, z)
+    ref = max(range(len(series)), key=lambda i: len(series[i][0]))
+    e0, s0, _ = series[ref]
+    vals = []
+    for e, s, v in series:
+        if len(s) == len(s0) and np.array_equal(s, s0):
+            vals.append(v)
+        else:
+            x = np.interp(e0, e, v)
+            x[(e0 < e[0] - 1e-9) | (e0 > e[-1] + 1e-9)] = np.nan
+            vals.append(x)
+    a = np.vstack(vals)
+    ok = np.isfinite(a)
+    n = ok.sum(0)
+    mean = np.where(ok, a, 0).sum(0) / np.maximum(n, 1)
+    dev = np.where(ok, a - mean, 0.0)
+    std = np.where(n > 1, np.sqrt((dev**2).sum(0) / np.maximum(n - 1, 1)), 0.0)
+    return Curve(e0, mean, std, n.astype(float))
+
+
+def mean_std(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, std) over seeds; see `aggregate`."""
+    c = aggregate(runs, key)
+    return c.epoch, c.mean, c.std
+
+
+# ---------------------------------------------------------------- the bn098 view of an lr_scaled run
+
+
+def write_bn098_view(source: Path, view: Path) -> Path:
+    """Write `view` as the `lr_scaled_bn098` run that `source` (a finished `lr_scaled` run trained
+    with `bn098_view`) stands for: the same training, evaluated with the BN statistics kept at
+    the 0.98-equivalent momentum (`test_*_bn098`). Derived data: rewritten from the source each time."""
+    from .config import bn098_momentum
+
+    source, view = Path(source), Path(view)
+    cfg = read_json(source / CONFIG)
+    if cfg.get("variant") != "lr_scaled" or not cfg.get("resolved", {}).get("bn098_view"):
+        raise BnwdError(f"{source} is not an lr_scaled run with bn098_view; it has no bn098 statistics")
+    rows = []
+    for r in read_metrics(source / METRICS):
+        r = dict(r)
+        if "test_acc_bn098" in r:
+            r["test_acc"], r["test_loss"] = r.pop("test_acc_bn098"), r.pop("test_loss_bn098")
+        rows.append(r)
+    summary = read_json(source / SUMMARY)
+    evals = [r for r in rows if "test_acc" in r]
+    summary.update(
+        variant="lr_scaled_bn098",
+        final_test_acc=evals[-1]["test_acc"],
+        final_test_loss=evals[-1]["test_loss"],
+        best_test_acc=max(r["test_acc"] for r in evals),
+        view_of=str(source),
+    )
+    resolved = {**cfg.get("resolved", {}), "bn_momentum_used": bn098_momentum(cfg["bn_momentum"]), "bn098_view": False}
+    doc = {**cfg, "variant": "lr_scaled_bn098", "resolved": resolved, "view_of": str(source)}
+    try:
+        view.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BnwdError(f"cannot create run directory {view}: {e.strerror or e}") from None
+    atomic_write(view / CONFIG, json.dumps(doc, indent=1))
+    write_metrics(view / METRICS, rows)
+    atomic_write(view / SUMMARY, json.dumps(jsonable(summary), indent=1))
+    return view
