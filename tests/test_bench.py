@@ -102,7 +102,15 @@ def test_bench_compile_failure_falls_back_to_eager(monkeypatch, capsys, threads_
 
     monkeypatch.setattr(torch, "compile", broken)
     res = bench(
-        device="cpu", batch_size=8, steps=1, width=4, threads=1, compile="on", eval_batch_size=8, eval_batches=1
+        device="cpu",
+        batch_size=8,
+        steps=1,
+        width=4,
+        threads=1,
+        compile="on",
+        eval_batch_size=8,
+        eval_batches=1,
+        compile_probe_on=False,
     )
     assert list(res["configs"]) == ["plain"] and "RuntimeError: no C compiler second line" in res["compile"]["error"]
     err = capsys.readouterr().err
@@ -119,7 +127,15 @@ def test_bench_compile_on_times_eager_and_compiled_side_by_side(monkeypatch, cap
 
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
     res = bench(
-        device="cpu", batch_size=8, steps=2, width=4, threads=1, compile="on", eval_batch_size=8, eval_batches=1
+        device="cpu",
+        batch_size=8,
+        steps=2,
+        width=4,
+        threads=1,
+        compile="on",
+        eval_batch_size=8,
+        eval_batches=1,
+        compile_probe_on=False,
     )
     assert list(res["configs"]) == ["plain", "plain+compile"] and res["primary"] == "plain+compile"
     c = res["configs"]["plain+compile"]
@@ -129,7 +145,26 @@ def test_bench_compile_on_times_eager_and_compiled_side_by_side(monkeypatch, cap
     assert "timing plain and plain+compile: train with and without monitor" in capsys.readouterr().err
 
 
+def test_bench_compile_probe_crash_falls_back_to_eager(monkeypatch, capsys, threads_restored):
+    """A compiled kernel that kills its process (seen: "double free or corruption" on this CPU)
+    kills only the probe child: one line names the signal and the bench goes on eagerly."""
+    import bnwd.bench as B
+
+    monkeypatch.setattr(
+        B, "_PROBE_CODE", "import os, sys; print('double free or corruption', file=sys.stderr); os.abort()"
+    )
+    res = B.bench(
+        device="cpu", batch_size=8, steps=1, width=4, threads=1, compile="on", eval_batch_size=8, eval_batches=1
+    )
+    assert list(res["configs"]) == ["plain"]
+    assert (
+        res["compile"]["error"] == "compiled step crashed with SIGABRT in a child process (double free or corruption)"
+    )
+    assert capsys.readouterr().err.count("torch.compile failed") == 1
+
+
 def test_bench_rejects_unknown_layout(capsys):
+    """An unknown --layouts entry is a one-line usage error (exit 2) naming the option."""
     assert main(["bench", "--device", "cpu", "--layouts", "plain,nhwc"]) == 2
     assert "--layouts" in capsys.readouterr().err
 

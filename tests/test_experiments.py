@@ -106,3 +106,18 @@ def test_adamw_runs(tmp_path, fake_data):
         progress=False,
     )
     assert s["finished"]
+
+
+@pytest.mark.timeout(600)
+def test_reproduce_jobs_equal_serial(tmp_path, fake_data_dir):
+    """`--jobs 2` trains two seeds at once in separate processes; with the same thread count the
+    metrics equal a serial reproduce's, line for line."""
+    from bnwd.experiments import reproduce
+
+    kw = dict(data=str(fake_data_dir), progress=False, seed_list="0,1", variants=["baseline", "no_conv_l2"])
+    ov = {"train_subset": 0, "test_subset": 0, "threads": 1, "epochs": 1.0, "lr_milestones": [0.5, 0.75]}
+    reproduce("smoke", out=str(tmp_path / "serial"), overrides=ov, **kw)
+    reproduce("smoke", out=str(tmp_path / "par"), overrides=ov, jobs=2, **kw)
+    for run in ("baseline-s0", "baseline-s1", "no_conv_l2-s0", "no_conv_l2-s1"):
+        a = (tmp_path / "serial/runs" / run / "metrics.jsonl").read_text()
+        assert a and a == (tmp_path / "par/runs" / run / "metrics.jsonl").read_text(), run

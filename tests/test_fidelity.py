@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from bnwd import train as T
 from bnwd.config import PRESET_VALUES, bn098_momentum, make_config, resolved
@@ -101,9 +100,6 @@ def test_applied_factor_is_s_over_s_ref(tmp_path, fake_data, baseline_ref, mode)
     tr = T.Trainer(c, tmp_path, dataset=fake_data, progress=False)
     cap = Capture(tr)
     run_steps(tr, 10)
-    ref = T.ReferenceNorms(
-        "article" if mode == "article" else "reference", c, tr.init_conv_sqsum, tr.conv["param_names"]
-    )
     rows = [json.loads(x) for x in (baseline_ref / "metrics.jsonl").read_text().splitlines()]
     for step, r in enumerate(cap.rows):
         e = step / tr.spe

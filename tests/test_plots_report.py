@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from bnwd.claims import evaluate, one_sample, seeds_needed, t_quantile, welch
 from bnwd.errors import BnwdError
 from bnwd.plots import (
     FIGURES,
@@ -21,7 +22,6 @@ from bnwd.plots import (
     plot_rel_step,
     plot_test_acc,
 )
-from bnwd.claims import evaluate, one_sample, seeds_needed, t_quantile, welch
 from bnwd.report import summarize, theory_by_stage, write_report, write_summary
 
 VARIANTS = ["baseline", "no_conv_l2", "lr_scaled", "lr_scaled_bn098", "lr_exact"]

@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", default=None, help="blog | cpu | smoke (default: blog with a GPU, cpu without)")
     r.add_argument("--seeds", type=int, default=None, help="number of seeds: 0..N-1 (default 1)")
     r.add_argument("--seed-list", default=None, help="comma-separated seeds instead, e.g. 10,11,12 (7: seed 7 alone)")
+    r.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="seeds trained at once in separate processes (CPU threads split between them)",
+    )
     r.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
     r.add_argument("--optimizer", default="sgd", help="sgd | adam | adamw")
     r.add_argument(
@@ -102,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="torch.compile mode: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs",
     )
+    b.add_argument(
+        "--no-compile-probe",
+        action="store_true",
+        help="compile in this process only (by default a child process compiles and runs one step first, "
+        "so that a crashing compiled kernel costs the child, not the bench)",
+    )
     b.add_argument("--eval-batch-size", type=int, default=1000, help="images per evaluation batch")
     b.add_argument("--eval-batches", type=int, default=5, help="timed evaluation batches (median reported)")
     b.add_argument(
@@ -144,6 +156,7 @@ def cmd_reproduce(args) -> int:
         preset=args.preset,
         seeds=args.seeds,
         seed_list=args.seed_list,
+        jobs=args.jobs,
         data=args.data,
         out=args.out,
         optimizer=args.optimizer,
@@ -202,6 +215,7 @@ def cmd_bench(args) -> int:
         eval_batches=args.eval_batches,
         block=args.block,
         print_json=args.json,
+        compile_probe_on=not args.no_compile_probe,
     )
     return 0
 

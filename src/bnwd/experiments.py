@@ -45,6 +45,45 @@ def resolve_seeds(seeds: int | None = None, seed_list: str | list[int] | None = 
     return list(range(n))
 
 
+def seed_chain(
+    preset: str,
+    seed: int,
+    trained: list[str],
+    view: bool,
+    base_over: dict,
+    out_dir: str,
+    data: str | None,
+    force: bool,
+    progress: bool,
+    dataset=None,
+) -> list[str]:
+    """Train one seed's runs in order (the baseline first: `lr_scaling=reference` reads it); returns
+    the run directories, the bn098 view included. A top-level function so a process pool can run it."""
+    from .data import load_cifar10
+    from .runs import write_bn098_view
+    from .train import train
+
+    out = Path(out_dir)
+    dataset = dataset if dataset is not None else load_cifar10(data)
+    probe = make_config(preset, base_over)
+    dirs = []
+    for v in trained:
+        ov = {**base_over, "variant": v, "seed": seed}
+        if v.startswith("lr_scaled") and probe.lr_scaling == "reference" and not probe.reference:
+            ov["reference"] = str(out / "runs" / f"baseline-s{seed}")
+        rd = out / "runs" / f"{v}-s{seed}"
+        if progress:
+            extra = " (+ lr_scaled_bn098 from the same training)" if view and v == "lr_scaled" else ""
+            print(f"{v} seed {seed} -> {rd}{extra}", flush=True)
+        s = train(make_config(preset, ov), rd, resume=True, force=force, progress=progress, dataset=dataset)
+        dirs.append(str(rd))
+        if view and v == "lr_scaled":
+            dirs.append(str(write_bn098_view(rd, out / "runs" / f"lr_scaled_bn098-s{seed}")))
+        if not progress:
+            print(f"done: {v} seed {seed}, test acc {100 * s['final_test_acc']:.2f}%", flush=True)
+    return dirs
+
+
 def reproduce(
     preset: str | None = None,
     seeds: int | None = None,
@@ -57,6 +96,7 @@ def reproduce(
     force: bool = False,
     progress: bool = True,
     seed_list: str | list[int] | None = None,
+    jobs: int = 1,
 ) -> dict:
     """Train every (variant, seed) into OUT/runs/<variant>-s<seed> (finished runs are kept,
     interrupted ones resumed; the baseline goes first since `lr_scaling=reference` reads it),
@@ -64,13 +104,19 @@ def reproduce(
 
     `lr_scaled_bn098` is not trained when `lr_scaled` is (the default, `bn098_view=true`): the
     two train identically, and the lr_scaled run keeps the 0.98-equivalent BN statistics too;
-    OUT/runs/lr_scaled_bn098-s<seed> is then written from it (`runs.write_bn098_view`)."""
+    OUT/runs/lr_scaled_bn098-s<seed> is then written from it (`runs.write_bn098_view`).
+
+    `jobs` > 1 runs that many seeds at once in separate processes, each with
+    `cpu_count // jobs` torch threads unless `threads=` is given (a run's metrics depend on its
+    thread count only through float rounding; with equal thread counts they are identical)."""
+    import os
+
     from .data import load_cifar10
-    from .runs import write_bn098_view
-    from .train import train
 
     preset = preset or default_preset()
     seeds_ = resolve_seeds(seeds, seed_list)
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     variants = list(variants or ARTICLE_VARIANTS) + (["lr_exact"] if exact else [])
     for v in variants:
         if v not in VARIANTS:
@@ -86,24 +132,26 @@ def reproduce(
         variants.insert(0, "baseline")
     variants = sorted(set(variants), key=VARIANTS.index)
     trained = [v for v in variants if not (view and v == "lr_scaled_bn098")]
-    dataset = load_cifar10(data)
-    run_dirs, i = [], 0
-    for seed in seeds_:
-        for v in trained:
-            ov = {**base_over, "variant": v, "seed": seed}
-            if v.startswith("lr_scaled") and probe.lr_scaling == "reference" and not probe.reference:
-                ov["reference"] = str(out_dir / "runs" / f"baseline-s{seed}")
-            cfg = make_config(preset, ov)
-            rd = out_dir / "runs" / f"{v}-s{seed}"
-            i += 1
-            if progress:
-                extra = " (+ lr_scaled_bn098 from the same training)" if view and v == "lr_scaled" else ""
-                print(f"[{i}/{len(trained) * len(seeds_)}] {v} seed {seed} -> {rd}{extra}", flush=True)
-            train(cfg, rd, resume=True, force=force, progress=progress, dataset=dataset)
-            run_dirs.append(rd)
-            if view and v == "lr_scaled":
-                run_dirs.append(write_bn098_view(rd, out_dir / "runs" / f"lr_scaled_bn098-s{seed}"))
-    return write_outputs(run_dirs, out_dir)
+    jobs = min(jobs, len(seeds_))
+    args = (preset, trained, view, base_over, str(out_dir), data, force)
+    run_dirs: list[str] = []
+    if jobs == 1:
+        dataset = load_cifar10(data)
+        for seed in seeds_:
+            run_dirs += seed_chain(preset, seed, *args[1:], progress=progress, dataset=dataset)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        load_cifar10(data)  # fail here, once, on missing or bad data
+        if not probe.threads and probe.device in ("auto", "cpu"):
+            base_over = {**base_over, "threads": max(1, (os.cpu_count() or 1) // jobs)}
+            args = (preset, trained, view, base_over, str(out_dir), data, force)
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(seed_chain, preset, seed, *args[1:], progress=False) for seed in seeds_]
+            for f in futures:
+                run_dirs += f.result()
+    return write_outputs([Path(d) for d in run_dirs], out_dir)
 
 
 def find_runs(paths: list[Path]) -> list[Path]:

@@ -585,6 +585,14 @@ def train(
     what = prepare_run_dir(cfg, out, resume, force)
     if what == "done":
         return json.loads((out / "summary.json").read_text())
+    threads = torch.get_num_threads()
+    try:  # `threads=` is process-wide in torch: give the caller its setting back
+        return _train(cfg, out, data, progress, dataset)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: C.Config, out: Path, data, progress: bool, dataset) -> dict:
     trainer = Trainer(cfg, out, data, progress=progress, dataset=dataset)
     # The resolved config also records what the data gave.
     doc = {

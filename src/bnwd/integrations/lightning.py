@@ -67,9 +67,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.nn as nn
 
-from ..invariance import format_audit, invariance_report
+from ..invariance import audit, format_audit
 from ..monitor import LAYERS, Monitor
 
 _HINT = "bnwd.integrations.lightning needs Lightning (lightning or pytorch_lightning): pip install 'bnwd[lightning]'"
@@ -271,35 +270,14 @@ class BnwdMonitor(Callback):
         x = _to_device(example_input, pl_module.device)
         params = dict(pl_module.named_parameters())
         cuda = sorted({p.device.index for p in params.values() if p.device.type == "cuda"})
-        with torch.random.fork_rng(devices=cuda):  # leave every RNG stream as it was
-            report = invariance_report(pl_module, x, **self.audit_kwargs)
-        where: dict[int, tuple[str, float]] = {}
+        wd: dict[int, float] = {}
         for opt in trainer.optimizers:
-            for gi, g in enumerate(opt.param_groups):
+            for g in opt.param_groups:
                 for p in g["params"]:
-                    where.setdefault(id(p), (str(g.get("name", f"group{gi}")), float(g.get("weight_decay", 0.0))))
-        rows = []
-        for name, r in report.items():
-            p: nn.Parameter = params[name]
-            group, wd = where.get(id(p), ("-", 0.0))
-            if wd == 0:
-                role = "none"
-            elif r.no_effect:
-                role = "none (no effect on output)"
-            else:
-                role = "effective-lr control" if r.invariant else "regularizer"
-            rows.append(
-                {
-                    "name": name,
-                    "shape": tuple(p.shape),
-                    "numel": p.numel(),
-                    "group": group,
-                    "invariant": r.invariant,
-                    "evidence": r.reason,
-                    "weight_decay": wd,
-                    "role": role,
-                }
-            )
+                    wd.setdefault(id(p), float(g.get("weight_decay", 0.0)))
+        by_name = {name: wd.get(id(p), 0.0) for name, p in params.items()}
+        with torch.random.fork_rng(devices=cuda):  # leave every RNG stream as it was
+            rows = audit(pl_module, x, by_name, **self.audit_kwargs)
         self.audit_rows = rows
         self.scale_invariant = {r["name"]: r["invariant"] for r in rows}
         if self.verbose:

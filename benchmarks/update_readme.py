@@ -1,0 +1,110 @@
+"""Fill the README's generated blocks from files that scripts wrote, so no number is typed by hand.
+
+    python benchmarks/update_readme.py            # rewrite README.md in place
+    python benchmarks/update_readme.py --check    # exit 1 if README.md is out of date
+
+Blocks (between `<!-- NAME:start -->` and `<!-- NAME:end -->`):
+  results   from docs/cpu/summary.json and docs/cpu/claims.json (written by
+            `bnwd plot runs/cpu/runs --out docs/cpu`, see docs/cpu/README.md)
+  dimless   the dimensionless-numbers table of docs/cpu/report.md
+  perf      docs/perf.md (written by `python benchmarks/recipe_vs_bnwd.py --out docs/perf.md`)
+"""
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = ROOT / "docs" / "cpu"
+
+
+def _pm(st: dict, key: str, pct: bool = False, fmt: str = "{:.3g}") -> str:
+    m, s = st[key]["mean"], st[key]["std"]
+    if m is None:
+        return "–"
+    if pct:
+        return f"{100 * m:.2f} ± {100 * s:.2f}"
+    return f"{fmt.format(m)} ± {fmt.format(s)}"
+
+
+def results() -> str:
+    summ = json.loads((CPU / "summary.json").read_text())
+    claims = json.loads((CPU / "claims.json").read_text())
+    seeds = sorted({r["seed"] for r in summ["runs"]})
+    walls = [r["wall_s"] for r in summ["runs"] if isinstance(r.get("wall_s"), (int, float))]
+    lines = [
+        f"Seeds {seeds} of the `cpu` preset; wall time per training run {min(walls) / 60:.1f}–{max(walls) / 60:.1f} min "
+        "(`lr_scaled_bn098` is evaluated from `lr_scaled`'s training and has no wall time of its own).",
+        "",
+        "| run (mean ± std over seeds) | seeds | final test acc (%) | final train loss | test − train loss | final conv sqsum |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v, st in summ["variants"].items():
+        lines.append(
+            f"| `{v}` | {st['n']} | {_pm(st, 'final_test_acc', True)} | {_pm(st, 'final_train_loss')} | "
+            f"{_pm(st, 'gap', fmt='{:.3f}')} | {_pm(st, 'final_conv_sqsum')} |"
+        )
+    lines += ["", "Each claim of the article, with its 95% confidence interval (`docs/cpu/claims.json`):", ""]
+
+    def f(x):
+        return "∞" if x is None or (isinstance(x, float) and math.isinf(x)) else f"{x:.3g}"
+
+    for c in claims:
+        if "estimate" in c:
+            s = f"- **{c['verdict']}**: {c['claim']}. {f(c['estimate'])}{c['unit']}, CI [{f(c['ci'][0])}, {f(c['ci'][1])}]{c['unit']}"
+            if c.get("seeds_needed"):
+                s += f"; ~{c['seeds_needed']} seeds per variant would decide it"
+            elif c.get("reason"):
+                s += f"; {c['reason']}"
+        else:
+            s = f"- **{c['verdict']}**: {c['claim']} ({c.get('reason', '')})"
+        lines.append(s)
+    return "\n".join(lines)
+
+
+def dimless() -> str:
+    text = (CPU / "report.md").read_text()
+    m = re.search(r"\| number \| article \| this run \|\n(\|.*\|\n)+", text)
+    if not m:
+        raise SystemExit("docs/cpu/report.md has no dimensionless table")
+    return m.group(0).rstrip("\n")
+
+
+def perf() -> str:
+    return (ROOT / "docs" / "perf.md").read_text().strip()
+
+
+BLOCKS = {"results": results, "dimless": dimless, "perf": perf}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    a = ap.parse_args()
+    path = ROOT / "README.md"
+    old = path.read_text()
+    new = old
+    for name, fn in BLOCKS.items():
+        pat = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
+        if not pat.search(new):
+            continue
+        try:
+            body = fn()
+        except FileNotFoundError as e:
+            print(f"skipping block {name}: {e.filename} missing", file=sys.stderr)
+            continue
+        new = pat.sub(lambda m, body=body: m.group(1) + body + m.group(2), new)
+    if a.check:
+        if new != old:
+            print("README.md is out of date: run python benchmarks/update_readme.py", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
