@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from bnwd.models import conv_sqsum, resnet, resnet20
@@ -59,3 +60,12 @@ def test_output_invariant_to_conv_scale_train_mode():
     with torch.no_grad():
         m.fc.weight.mul_(2.0)
     assert not torch.allclose(m(x), out1, atol=1e-3)
+
+
+@pytest.mark.parametrize("depth,width", [(8, 4), (20, 8), (20, 16), (32, 16)])
+def test_conv_numels_without_a_model(depth, width):
+    """`conv_numels` gives every conv kernel's size by name, as the built model has them."""
+    from bnwd.models import conv_numels, resnet
+
+    m = resnet(depth, width=width)
+    assert conv_numels(depth, width) == {n: p.numel() for n, p in m.named_parameters() if p.dim() == 4}

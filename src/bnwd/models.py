@@ -101,6 +101,23 @@ def resnet20(**kw) -> ResNetV1:
     return ResNetV1(20, **kw)
 
 
+def conv_numels(depth: int = 20, width: int = 16) -> dict[str, int]:
+    """Entries of each conv kernel of `resnet(depth, width=width)`, by parameter name, without
+    building the model (for plots of finished runs)."""
+    out = {"conv.weight": 3 * 9 * width}
+    cin = width
+    for i in range(3):
+        cout = width * 2**i
+        for j in range((depth - 2) // 6):
+            c = cin if j == 0 else cout
+            out[f"stages.{i}.{j}.conv1.weight"] = c * 9 * cout
+            out[f"stages.{i}.{j}.conv2.weight"] = cout * 9 * cout
+            if j == 0:
+                out[f"stages.{i}.{j}.proj.weight"] = c * cout
+        cin = cout
+    return out
+
+
 def conv_sqsum(model: nn.Module) -> float:
     """Sum of squared conv kernel entries (the article's `conv2d_sqsum`)."""
     return float(

@@ -242,10 +242,9 @@ _GSQ = "grad_sq_unit_ema/conv/"
 
 
 def _conv_dims(cfg: dict) -> dict[str, int]:
-    from .models import resnet
+    from .models import conv_numels
 
-    model = resnet(int(cfg.get("depth", 20)), width=int(cfg.get("width", 16)))
-    return {n: p.numel() for n, p in model.named_parameters() if p.dim() == 4}
+    return conv_numels(int(cfg.get("depth", 20)), int(cfg.get("width", 16)))
 
 
 def equilibrium_sqsum(run: Run) -> np.ndarray | None:

@@ -12,7 +12,8 @@ import numpy as np
 
 from . import theory
 from .claims import describe, evaluate
-from .plots import ARTICLE_EPOCHS, CAPTIONS, EQ_KEY, Run, aggregate, by_variant, lr_schedule, with_equilibrium_sqsum
+from .plots import ARTICLE_EPOCHS, CAPTIONS, EQ_KEY, lr_schedule, with_equilibrium_sqsum
+from .runs import Run, aggregate, by_variant, jsonable
 
 # Numeric columns of a summary row, in table order.
 COLUMNS = ("final_test_acc", "final_train_loss", "final_test_loss", "gap", "final_conv_sqsum", "epochs", "wall_s")
@@ -96,16 +97,6 @@ def summarize(runs: list[Run]) -> tuple[list[dict], dict]:
     return rows, stats
 
 
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
 def write_summary(runs: list[Run], out_dir: str | Path) -> list[Path]:
     """OUT/summary.csv (a `kind` column: `run` rows, then `mean` and `std` rows per variant, `n`
     = runs with a value) and OUT/summary.json ({"runs": rows, "variants": stats}, NaN -> null)."""
@@ -120,7 +111,7 @@ def write_summary(runs: list[Run], out_dir: str | Path) -> list[Path]:
         for v, st in stats.items():
             for kind in ("mean", "std"):
                 w.writerow([kind, v, "", st["n"], *[_csv(st[c][kind]) for c in COLUMNS]])
-    (out / "summary.json").write_text(json.dumps(_jsonable({"runs": rows, "variants": stats}), indent=1))
+    (out / "summary.json").write_text(json.dumps(jsonable({"runs": rows, "variants": stats}), indent=1))
     return [out / "summary.csv", out / "summary.json"]
 
 
@@ -404,7 +395,7 @@ def write_report(
     g = by_variant(runs)
     cfg = (g.get("baseline") or runs)[0].config
     claim_items = evaluate(runs)
-    (out / "claims.json").write_text(json.dumps(_jsonable(claim_items), indent=1))
+    (out / "claims.json").write_text(json.dumps(jsonable(claim_items), indent=1))
     seeds = sorted(
         {r.seed for r in runs},
         key=lambda s: (not isinstance(s, (int, float)), s if isinstance(s, (int, float)) else str(s)),

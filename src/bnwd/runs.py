@@ -101,9 +101,15 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     atomic_write(path, "".join(json.dumps(jsonable(r)) + "\n" for r in rows))
 
 
-def jsonable(d: dict) -> dict:
-    """Non-finite floats -> None (JSON has no NaN)."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+def jsonable(x):
+    """Non-finite floats -> None (JSON has no NaN), through dicts, lists and tuples."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    return x
 
 
 def read_json(path: Path) -> dict:
