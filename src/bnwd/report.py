@@ -339,7 +339,7 @@ def differences(runs: list[Run]) -> list[str]:
                 + (f" (schedule compressed {ARTICLE_EPOCHS / E:.3g}x)" if E < ARTICLE_EPOCHS else "")
             )
             continue
-        shown = "all" if k.endswith("_subset") and v == 0 else v
+        shown = "all" if k.endswith("_subset") and v == 0 else (f"{v:.3g}" if isinstance(v, float) else v)
         line = f"{k} = {shown} (article: {ARTICLE_TEXT.get(k, art)})"
         spe = _f(cfg.get("steps_per_epoch"))
         if k == "bn_momentum" and isinstance(v, (int, float)) and v > 0 and math.isfinite(spe) and spe > 0:
@@ -411,8 +411,8 @@ def write_report(
         f"training images: {sub if sub else 'all'}, test images: {tsub if tsub else 'all'}; "
         f"ResNet-{cfg.get('depth')} width {cfg.get('width')}; {cfg.get('optimizer', 'sgd')} lr {cfg.get('lr')} "
         f"x{cfg.get('lr_gamma')} at epochs {cfg.get('lr_milestones')}, momentum {cfg.get('momentum')}, "
-        f"conv L2 {cfg.get('conv_weight_decay')} (baseline), BN/dense L2 {cfg.get('weight_decay')}, "
-        f"BN momentum {cfg.get('bn_momentum')}, conv init x{cfg.get('conv_init_scale', 1.0)}."
+        f"conv L2 {_f(cfg.get('conv_weight_decay')):.3g} (baseline), BN/dense L2 {_f(cfg.get('weight_decay')):.3g}, "
+        f"BN momentum {_f(cfg.get('bn_momentum')):.3g}, conv init x{_f(cfg.get('conv_init_scale', 1.0)):.3g}."
     )
     lines.append("")
     diffs = differences(runs)
