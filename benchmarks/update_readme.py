@@ -74,7 +74,8 @@ def dimless() -> str:
 
 
 def perf() -> str:
-    return (ROOT / "docs" / "perf.md").read_text().strip()
+    lines = (ROOT / "docs" / "perf.md").read_text().strip().splitlines()
+    return "\n".join(lines[1:] if lines and lines[0].startswith("# ") else lines).strip()
 
 
 BLOCKS = {"results": results, "dimless": dimless, "perf": perf}
@@ -88,7 +89,7 @@ def main() -> int:
     old = path.read_text()
     new = old
     for name, fn in BLOCKS.items():
-        pat = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
+        pat = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
         if not pat.search(new):
             continue
         try:
@@ -96,7 +97,7 @@ def main() -> int:
         except FileNotFoundError as e:
             print(f"skipping block {name}: {e.filename} missing", file=sys.stderr)
             continue
-        new = pat.sub(lambda m, body=body: m.group(1) + body + m.group(2), new)
+        new = pat.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), new)
     if a.check:
         if new != old:
             print("README.md is out of date: run python benchmarks/update_readme.py", file=sys.stderr)
