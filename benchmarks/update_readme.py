@@ -50,7 +50,7 @@ def results() -> str:
     lines += ["", "Each claim of the article, with its 95% confidence interval (`docs/cpu/claims.json`):", ""]
 
     def f(x):
-        return "∞" if x is None or (isinstance(x, float) and math.isinf(x)) else f"{x:.3g}"
+        return "unbounded" if x is None or (isinstance(x, float) and math.isinf(x)) else f"{x:.3g}"
 
     for c in claims:
         if "estimate" in c:

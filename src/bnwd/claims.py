@@ -351,8 +351,8 @@ def evaluate(runs: list[Run]) -> list[dict]:
                 item.update(verdict="no data", reason=f"{type(err).__name__}: {err}")
             else:
                 v, need = verdict(c, e)
-                if v == "undecided" and c.kind == "accuracy" and ctx.single(*c.needs):
-                    need = None
+                if ctx.single(*c.needs):
+                    need = None  # a spread over sample points or layers says nothing about seeds
                 item.update(
                     verdict=v,
                     estimate=_show(c, e.estimate),
@@ -363,8 +363,12 @@ def evaluate(runs: list[Run]) -> list[dict]:
                     seeds_needed=need,
                     numbers=e.numbers,
                 )
-                if v == "undecided" and need is None and ctx.single(*c.needs):
-                    item["reason"] = "one seed: a final number has no spread to compare with; run >= 2 seeds"
+                if v == "undecided" and ctx.single(*c.needs):
+                    item["reason"] = (
+                        "one seed: a final number has no spread to compare with; run >= 2 seeds"
+                        if c.kind == "accuracy"
+                        else "one seed: the spread over sample points is not a spread over seeds; run >= 2 seeds"
+                    )
         out[c.id] = item
     return list(out.values())
 
