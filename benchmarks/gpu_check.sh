@@ -5,7 +5,8 @@
 #      then bf16+channels_last eager vs torch.compile (compile time reported apart);
 #   2. the `blog` preset's four runs (baseline, no_conv_l2, lr_scaled, lr_scaled_bn098) for EPOCHS epochs,
 #      in parallel as background processes sharing the GPU, each timed;
-#   3. a PROJECTION of the article's full 4 x 150 epochs from the measured per-step times.
+#   3. PAR (default 8) baseline runs of one epoch at once: the aggregate img/s of runs sharing the GPU;
+#   4. a PROJECTION of the article's full 4 x 150 epochs from the measured per-step times.
 #
 # Data: PACK_DIR (argument, or env PACK, default ./data_pack) holding a pack from
 # `benchmarks/pack_data.py pack` (manifest.json + chunks; a class-balanced subset is fine) is
@@ -18,8 +19,8 @@
 # env: OUT (default ./gpu_check_out), PY (python), EPOCHS (default: 2, or as many steps as 2 article
 # epochs when the data is a subset), BUDGET_S (460: phases are cut to fit), COMPILE_LAYOUTS
 # (channels_last), DRY (0), DRY_COMPILE (1: DRY also tries torch.compile).
-# Writes at most 7 files to $OUT: gpu_check.log, env.txt, bench_eager.json, bench_compile.json,
-# train_runs.json, projection.txt, runs.tar.gz (metrics, summaries, logs; no checkpoints).
+# Writes at most 8 files to $OUT: gpu_check.log, env.txt, bench_eager.json, bench_compile.json,
+# train_runs.json, parallel.json, projection.txt, runs.tar.gz (metrics, summaries, logs; no checkpoints).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -115,6 +116,10 @@ run "$(cap 120 240)" "$PY" -m bnwd bench "${BENCH[@]}" --layouts "$EAGER_LAYOUTS
 	--json-out "$OUT/bench_eager.json" >"$WORK/bench_eager.out"
 tail -n +1 "$WORK/bench_eager.out" | grep -v '^{' || true
 
+# ------------------------------------------------------------------ where a step's time goes
+run "$(cap 90 240)" "$PY" benchmarks/step_profile.py --device "$DEV" $([[ $DRY == 1 ]] && echo --width 8 --batch-size 16 --steps 3) |
+	grep -v '^\(STAGE\|USDT\|\[W\)' || true
+
 # ------------------------------------------------------------------ the blog runs, in parallel
 MS=$("$PY" -c "e=float('$EPOCHS'); print(f'{e/2:g},{3*e/4:g}')") # the schedule's two drops, scaled into the run
 TRAIN_T=$(cap 240 150)
@@ -144,6 +149,39 @@ wait "${PIDS[@]}"
 for V in baseline no_conv_l2 lr_scaled lr_scaled_bn098; do
 	say "$V: $(tail -n 1 "$WORK/runs/$V.log")"
 done
+
+# ------------------------------------------------------------------ how many runs share one device well
+# PAR runs of the baseline (1 epoch, seeds 0..PAR-1) at once: aggregate img/s against the one-run
+# figure of the blog phase says how many runs per GPU a sweep should place (`--jobs`, Ray's num_gpus).
+PAR=${PAR:-$([[ $DRY == 1 ]] && echo 2 || echo 8)}
+if ((PAR > 0)); then
+	PAR_T=$(cap 120 120)
+	say "parallel scaling: $PAR baseline runs of 1 epoch at once, limit ${PAR_T}s"
+	T0=$(date +%s.%N)
+	PIDS=()
+	for ((i = 0; i < PAR; i++)); do
+		timeout --kill-after=10 "$PAR_T" "$PY" -m bnwd train --preset blog --variant baseline --seed "$i" \
+			--out "$WORK/par/s$i" --data "$DATA" --device "$DEV" --no-progress --force epochs=1 lr_milestones=0.5,0.75 \
+			threads=$((($(nproc) + PAR - 1) / PAR)) "${TRAIN_EXTRA[@]}" >"$WORK/par_s$i.log" 2>&1 &
+		PIDS+=($!)
+	done
+	wait "${PIDS[@]}"
+	T1=$(date +%s.%N)
+	WORK=$WORK PAR=$PAR T0=$T0 T1=$T1 OUT=$OUT "$PY" - <<'EOF2'
+import json, os
+from pathlib import Path
+w, n = Path(os.environ["WORK"]), int(os.environ["PAR"])
+s = [json.loads((w / "par" / f"s{i}" / "summary.json").read_text()) for i in range(n) if (w / "par" / f"s{i}" / "summary.json").exists()]
+wall = float(os.environ["T1"]) - float(os.environ["T0"])
+r = {"runs": n, "finished": len(s), "process_wall_s": wall,
+     "img_per_s_each": [x["images_per_s"] for x in s], "train_wall_s_each": [x["wall_s"] for x in s]}
+if s:
+    r["aggregate_img_per_s"] = sum(x["images_per_s"] for x in s)
+    print(f"parallel: {len(s)}/{n} runs finished; each {min(r['img_per_s_each']):.0f}-{max(r['img_per_s_each']):.0f} img/s "
+          f"in its training loop, together {r['aggregate_img_per_s']:.0f} img/s; {wall:.1f} s for all, start-up included")
+(Path(os.environ["OUT"]) / "parallel.json").write_text(json.dumps(r, indent=1) + "\n")
+EOF2
+fi
 
 # ------------------------------------------------------------------ bench, eager vs compiled
 if [[ $DRY == 1 && ${DRY_COMPILE:-1} != 1 ]]; then

@@ -292,3 +292,31 @@ def test_cli_corrupt_archive_one_line_error(tmp_path, capsys):
     rc = main(["train", "--preset", "smoke", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and err.startswith("bnwd: ") and "\n" not in err and "cifar-10-python.tar.gz" in err
+
+
+@pytest.mark.timeout(600)
+def test_compiled_step_matches_eager(tmp_path, fake_data):
+    """compile=on runs the same maths as eager: over a few steps (lr_scaled, so the shadow BN
+    hooks and the article factor run too) the metrics agree to float tolerance."""
+    kw = dict(
+        variant="lr_scaled",
+        lr_scaling="article",
+        epochs=0.5,
+        lr_milestones=[0.3, 0.4],
+        width=8,
+        sample_every=0.25,
+        eval_every=0.25,
+    )
+    T.train(cfg(compile="off", **kw), tmp_path / "e", dataset=fake_data, progress=False)
+    T.train(cfg(compile="on", **kw), tmp_path / "c", dataset=fake_data, progress=False)
+    e, c = metrics(tmp_path / "e"), metrics(tmp_path / "c")
+    assert [r.keys() for r in e] == [r.keys() for r in c] and "test_acc_bn098" in e[-1]
+    for a, b in zip(e, c):
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=2e-3, abs=1e-6), k
+
+
+def test_compile_auto_is_eager_on_cpu(tmp_path, fake_data):
+    """compile=auto compiles on CUDA only (config.Config.compile): on CPU the forward is the model."""
+    t = T.Trainer(cfg(), tmp_path / "r", dataset=fake_data, progress=False)
+    assert t.forward is t.model

@@ -57,16 +57,29 @@ class Config:
     log_layers: bool = True  # per-layer metrics in metrics.jsonl
     tensorboard: bool = False  # also write TensorBoard events (needs the `tensorboard` extra)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # auto = bf16 + channels_last on CUDA: alone on an H200, ResNet-20 (width 16, batch 128) steps
+    # faster in fp32 NCHW (12,765 vs 11,039 img/s, launch-bound), but the article's four runs
+    # sharing the GPU each ran 1.45x faster in bf16 + channels_last (docs/gpu/call1 vs call2,
+    # train_runs.json), and runs share the GPU in `reproduce --jobs` and sweeps
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     threads: int = 0  # CPU threads for torch (0 = torch's default)
+    # auto = compiled with CUDA graphs on CUDA (the step is launch-bound there: 2.44x eager on an
+    # H200, docs/gpu/call2/bench_compile.json; ~20 s to compile), eager on CPU (1.2-1.3x, but
+    # ~1-2 min to compile and a crash in the compiled kernels seen at width 4)
+    compile: str = "auto"  # auto (on CUDA) | on | off
+    compile_mode: str = (
+        "auto"  # auto (reduce-overhead on CUDA, default on CPU) | default | reduce-overhead | max-autotune
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune")
+
 # Keys that do not change the result: a run may be resumed with different values.
-RUNTIME_KEYS = ("device", "threads", "tensorboard")
+RUNTIME_KEYS = ("device", "threads", "tensorboard", "compile", "compile_mode")
 
 # The article's dimensionless numbers (design.md, "Shrinking the experiment"): with N steps per
 # lr stage, the conv norms relax over N * 2 lr lam / (1 - mu) e-folding times per stage and the
@@ -204,6 +217,11 @@ def validate(cfg: Config) -> None:
     need(cfg.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {cfg.amp!r}")
     need(
         cfg.channels_last in ("auto", "on", "off"), f"channels_last must be auto, on or off, got {cfg.channels_last!r}"
+    )
+    need(cfg.compile in ("auto", "on", "off"), f"compile must be auto, on or off, got {cfg.compile!r}")
+    need(
+        cfg.compile_mode in COMPILE_MODES,
+        f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {cfg.compile_mode!r}",
     )
     need(
         cfg.depth >= 8 and (cfg.depth - 2) % 6 == 0,

@@ -17,8 +17,9 @@ and the effective learning rate is ``lr / ||w||`` instead. The relative step and
 angle are measured directly and hold for any optimizer.
 
 Per optimizer step, for every tracked parameter (``wb`` before, ``wa`` after the step,
-``s = wa - wb``), from three ``torch._foreach_norm(..., dtype=float64)`` calls (a handful of
-multi-tensor kernels, whatever the number of layers) and no host sync:
+``s = wa - wb``), from flat copies of all parameters and gradients (``torch.cat``) and one
+segmented float64 sum of squares per hook (a fixed handful of kernels, whatever the number of
+layers; memory: three float32 copies of the parameters) and no host sync:
 
     sqnorm  = ||wa||^2
     rel     = ||s|| / ||wb||
@@ -74,7 +75,8 @@ ADAPTIVE = tuple(
 )
 LAYERS = ("auto", "conv", "all", "none")
 _M = ("rel", "angle", "grad_sq_unit")  # the per-step metrics kept as window mean / last / EMA
-STATE_VERSION = 4
+STATE_VERSION = 5
+BUFFER = 64  # steps recorded on the device between two folds into the accumulators
 
 
 def _lr(v: Any) -> Any:
@@ -172,8 +174,19 @@ class Monitor:
         member[self.group_of, list(range(self.P))] = 1.0
         self._member = member.to(dev)
         self._masks: dict[tuple[bool, ...], torch.Tensor] = {}
+        # Flat float32 copies of all parameters: per step a couple of `cat`s and one segmented
+        # float64 reduction give every norm, a fixed handful of kernels whatever the model
+        # (per-tensor work costs a launch-bound GPU step more than the arithmetic).
+        self._lengths = torch.tensor([p.numel() for p in self.params], dtype=torch.long, device=dev)
+        self._lengths_rows: dict[int, torch.Tensor] = {}
+        self._views = [_flat(p.detach()) for p in self.params]  # the optimizer updates in place
+        # a parameter of a non-dense layout (rare) has no flat view: its views are re-made per step
+        self._fresh = any(v.data_ptr() != p.data_ptr() for v, p in zip(self._views, self.params))
+        self._zeros: dict[int, torch.Tensor] = {}
         with torch.no_grad():
-            self._before = [torch.empty_like(p, memory_format=torch.preserve_format).detach() for p in self.params]
+            flat_dtype = torch.promote_types(torch.float32, self.params[0].dtype)
+            self._pair = torch.empty(2, int(self._lengths.sum()), dtype=flat_dtype, device=dev)
+            self._flat_b = torch.empty_like(self._pair[0])
             sq = self._sqnorms(self.params)
         # accumulators, all on the device, one row per unit
         M = len(_M)
@@ -184,7 +197,14 @@ class Monitor:
         self.ema_w = torch.zeros(U, **f64)  # 1 - d^n for the bias correction
         self.sq = torch.cat([sq, self._member @ sq])
         self.init_sq = self.sq.clone()
-        self._gsq = torch.zeros(self.P, **f64)  # ||grad||^2 of the step in flight
+        # Per step only the raw norms are recorded, in a device buffer of BUFFER steps
+        # (||wb||, ||g|| from the pre hook; ||wa||, ||s|| from the post hook); `_fold` turns
+        # the buffered steps into the window/EMA/last accumulators in one batch of tensor ops,
+        # when the buffer is full and before every read. The hooks thus launch a fixed handful
+        # of kernels whatever the model, which is what a GPU step that is launch-bound needs.
+        self._buf = torch.zeros(BUFFER, 5, self.P, **f64)
+        self._buf_masks: list[torch.Tensor] = []  # per buffered step: which params were updated
+        self._pre_done = False
         self.lrs = [_lr(g["lr"]) for g in optimizer.param_groups]
         self.init_lrs = list(self.lrs)
         self.lr_scale = torch.ones(self.P, **f64)  # per-parameter gradient multiplier (`set_lr_scale`)
@@ -196,11 +216,49 @@ class Monitor:
     def _sqnorms(ts: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(torch._foreach_norm([t.detach() for t in ts], 2, dtype=torch.float64)).square()
 
+    def _segment_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, N) float64 flat values -> (rows, P) sums per parameter."""
+        lengths = self._lengths_rows.get(len(x))
+        if lengths is None:
+            lengths = self._lengths_rows[len(x)] = self._lengths.expand(len(x), -1).contiguous()
+        return torch.segment_reduce(x, "sum", lengths=lengths, axis=1)
+
+    def _segment_sq(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, N) flat values -> (rows, P) squared norms per parameter, summed in float64."""
+        return self._segment_sum(x.double().square())
+
+    def _param_views(self) -> list[torch.Tensor]:
+        return [_flat(p.detach()) for p in self.params] if self._fresh else self._views
+
+    def _grads(self) -> list[torch.Tensor]:
+        # a parameter without grad is skipped by the optimizer (and masked at the post hook): norm 0
+        out = []
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if g is None:
+                g = self._zeros.get(i)
+                if g is None:
+                    g = self._zeros[i] = torch.zeros(p.numel(), dtype=self._pair.dtype, device=self.device)
+            out.append(_flat(g))
+        return out
+
     def _pre(self, opt, args, kwargs) -> None:
         with torch.no_grad():
-            torch._foreach_copy_(self._before, [p.detach() for p in self.params])
-            # a parameter without grad is skipped by the optimizer (and masked in _post): norm 0
-            self._gsq = self._sqnorms([p.grad if p.grad is not None else p.new_zeros(()) for p in self.params])
+            k = len(self._buf_masks)
+            torch.cat(self._param_views(), out=self._pair[0])
+            torch.cat(self._grads(), out=self._pair[1])
+            self._flat_b.copy_(self._pair[0])
+            self._buf[k, :2].copy_(self._segment_sq(self._pair))  # |wb|^2, |g|^2
+            self._pre_done = True
+
+    def refresh_grads(self) -> None:
+        """Re-read the gradients of the step in flight, for a ``step(closure)`` whose closure
+        ran backward inside ``step``, after the pre-step hook had read ``.grad`` (stale or None
+        then). Call it from a later step pre-hook; the Lightning callback does."""
+        with torch.no_grad():
+            k = len(self._buf_masks)
+            torch.cat(self._grads(), out=self._pair[1])
+            self._buf[k, 1].copy_(self._segment_sq(self._pair[1:])[0])
 
     def _mask(self) -> torch.Tensor:
         """Device mask of the parameters the optimizer updated (grad not None), cached per pattern."""
@@ -211,39 +269,67 @@ class Monitor:
         return m
 
     def _post(self, opt, args, kwargs) -> None:
+        if not self._pre_done:  # attached between a step's pre and post hooks: nothing to pair
+            return
         with torch.no_grad():
-            params = [p.detach() for p in self.params]
-            nb = torch._foreach_norm(self._before, 2, dtype=torch.float64)
-            na = torch._foreach_norm(params, 2, dtype=torch.float64)
-            torch._foreach_sub_(self._before, params)  # now wb - wa = -s
-            ns = torch._foreach_norm(self._before, 2, dtype=torch.float64)
-            n = torch.stack(
-                [torch.stack(nb), torch.stack(na), torch.stack(ns)], 1
-            ).square()  # (P, 3): |wb|^2 |wa|^2 |s|^2
-            upd = self._mask()
-            x = n * upd[:, None]
-            x = torch.cat([x, self._member @ x])  # (U, 3)
-            upd_u = torch.cat([upd, (self._member @ upd).clamp_max(1.0)])
-            bb, aa, ss = x.unbind(1)
-            bs = 0.5 * (aa - bb - ss)  # wb . s
-            valid = upd_u * (bb > 0)
-            bbs = torch.where(bb > 0, bb, torch.ones_like(bb))
-            rel = (ss / bbs).sqrt()
-            angle = torch.atan2((bb * ss - bs * bs).clamp_min(0).sqrt(), bb + bs)
-            gsq = self._gsq * upd
-            gsq = torch.cat([gsq, self._member @ gsq])
-            v = torch.stack([rel, angle, gsq * bb], 1) * valid[:, None]
-            ok = valid.bool()[:, None]
-            d = self.decay
-            self.win_sum += v
-            self.win_cnt += valid
-            self.last = torch.where(ok, v, self.last)
-            self.ema = torch.where(ok, self.ema * d + (1 - d) * v, self.ema)
-            self.ema_w = torch.where(valid.bool(), self.ema_w * d + (1 - d), self.ema_w)
-            sq = n[:, 1]
-            self.sq = torch.cat([sq, self._member @ sq])
+            k = len(self._buf_masks)
+            torch.cat(self._param_views(), out=self._pair[0])
+            torch.sub(self._flat_b, self._pair[0], out=self._pair[1])  # wb - wa = -s
+            a, ms = self._pair.double()
+            # |wa|^2, |s|^2, and wb . s directly (no cancellation, unlike the polarization identity)
+            rows = torch.stack([a.square(), ms.square(), -(self._flat_b.double() * ms)])
+            self._buf[k, 2:].copy_(self._segment_sum(rows))
+            self._buf_masks.append(self._mask())
+            self._pre_done = False
         self.lrs = [_lr(g["lr"]) for g in opt.param_groups]
         self.step += 1
+        if len(self._buf_masks) == BUFFER:
+            self._fold()
+
+    @torch.no_grad()
+    def _fold(self) -> None:
+        """Fold the buffered steps into the accumulators, as if each had been added in turn.
+
+        Per step t (norms of params, then of each group as one vector via `_member`):
+        ``wb.s = (|wa|^2 - |wb|^2 - |s|^2) / 2``, ``rel = |s| / |wb|``, ``angle`` and
+        ``gsq_unit = |g|^2 |wb|^2`` as in the module docstring, kept where the unit was updated
+        and ``|wb| > 0`` (valid). Window sums add the valid values; ``last`` takes the last
+        valid one; the EMA ``e <- d e + (1 - d) v`` over the valid steps in order is, with
+        ``a_t`` the number of valid steps after t, ``e = d^n e_0 + sum_t (1 - d) d^(a_t) v_t``.
+        """
+        k = len(self._buf_masks)
+        if k == 0:
+            return
+        raw = self._buf[:k]  # (k, 5, P): |wb|^2 |g|^2 |wa|^2 |s|^2 wb.s
+        upd = torch.stack(self._buf_masks)  # (k, P)
+        bb, gg, _, ss, bs = (raw[:, i] * upd for i in range(5))
+        mt = self._member.T
+
+        def units(x):  # (k, P) -> (k, U): every parameter, then every group's sum
+            return torch.cat([x, x @ mt], 1)
+
+        bb, ss, gg, bs = units(bb), units(ss), units(gg), units(bs)
+        upd_u = torch.cat([upd, (upd @ mt).clamp_max(1.0)], 1)
+        valid = upd_u * (bb > 0)
+        bbs = torch.where(bb > 0, bb, torch.ones_like(bb))
+        rel = (ss / bbs).sqrt()
+        angle = torch.atan2((bb * ss - bs * bs).clamp_min(0).sqrt(), bb + bs)
+        v = torch.stack([rel, angle, gg * bb], 2) * valid[:, :, None]  # (k, U, M)
+        d = self.decay
+        self.win_sum += v.sum(0)
+        self.win_cnt += valid.sum(0)
+        t = torch.arange(1, k + 1, dtype=torch.float64, device=self.device)[:, None]
+        j = (valid * t).amax(0).long() - 1  # last valid step per unit, -1 if none
+        picked = v.gather(0, j.clamp_min(0)[None, :, None].expand(1, -1, v.shape[2]))[0]
+        self.last = torch.where((j >= 0)[:, None], picked, self.last)
+        after = valid.flip(0).cumsum(0).flip(0) - valid  # valid steps after t
+        w = valid * (1 - d) * torch.pow(d, after)
+        dn = torch.pow(d, valid.sum(0))
+        self.ema = self.ema * dn[:, None] + (w[:, :, None] * v).sum(0)
+        self.ema_w = self.ema_w * dn + w.sum(0)
+        sq = raw[-1, 2]
+        self.sq = torch.cat([sq, self._member @ sq])
+        self._buf_masks = []
 
     def index_of(self, params: list[torch.Tensor]) -> torch.Tensor:
         """Device index of `params` in the monitor's tracking order (for `set_lr_scale`)."""
@@ -274,6 +360,7 @@ class Monitor:
         The only host sync of the monitor. Resets the window mean accumulators (the EMA and
         last values carry on). Includes ``"step"``, the number of optimizer steps seen.
         """
+        self._fold()
         with torch.no_grad():
             cnt = self.win_cnt[:, None]
             mean = torch.where(cnt > 0, self.win_sum / cnt.clamp_min(1), torch.full_like(self.win_sum, math.nan))
@@ -373,7 +460,10 @@ class Monitor:
         self.remove()
 
     def state_dict(self) -> dict:
-        """Window and EMA accumulators, last values, init norms and lrs, step (CPU tensors)."""
+        """Window and EMA accumulators, the steps buffered since the last fold, last values,
+        init norms and lrs, step (CPU tensors). Nothing is folded here, so a resumed run folds
+        at the same steps as an uninterrupted one and continues bit for bit."""
+        k = len(self._buf_masks)
         return {
             "version": STATE_VERSION,
             "keys": self.keys,
@@ -385,11 +475,13 @@ class Monitor:
                 k: getattr(self, k).cpu().clone()
                 for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq", "lr_scale")
             },
+            "buffer": self._buf[:k].cpu().clone(),
+            "buffer_masks": torch.stack(self._buf_masks).cpu() if k else torch.zeros(0, self.P, dtype=torch.float64),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()` of a monitor over the same parameters (ValueError otherwise)."""
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in (4, STATE_VERSION):  # 4: no buffer (folded every step)
             raise ValueError(
                 f"not a bnwd Monitor state of this version ({STATE_VERSION}); got version {state.get('version')!r}"
             )
@@ -407,9 +499,29 @@ class Monitor:
                 )
             setattr(self, k, v.to(self.device, torch.float64).clone())
         self.step = int(state["step"])
+        buf = state.get("buffer", torch.zeros(0, 5, self.P))
+        if tuple(buf.shape[1:]) != (5, self.P) or len(buf) >= BUFFER:
+            raise ValueError(f"Monitor state 'buffer' has shape {tuple(buf.shape)}, expected (<{BUFFER}, 5, {self.P})")
+        self._buf[: len(buf)] = buf.to(self.device, torch.float64)
+        masks = state.get("buffer_masks", torch.zeros(0, self.P))
+        self._buf_masks = [m.to(self.device, torch.float64) for m in masks]
+        self._pre_done = False
         self.lrs = [_lr(v) for v in state["lrs"]]
         self.init_lrs = [_lr(v) for v in state["init_lrs"]]
         self._init_sq_host = None
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of `t` in memory order when its layout is dense (contiguous, channels_last, any
+    permutation), so that it follows in-place updates; a copy otherwise. Norms ignore the order."""
+    if t.is_contiguous():
+        return t.view(-1)
+    expect = 1
+    for d in sorted(range(t.dim()), key=t.stride):
+        if t.size(d) != 1 and t.stride(d) != expect:
+            return t.reshape(-1)
+        expect *= t.size(d)
+    return t.as_strided((t.numel(),), (1,))
 
 
 def _nanmean(xs: list[float]) -> float:

@@ -183,7 +183,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         cuda = self.device.type == "cuda"
-        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and cuda)
+        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and cuda)  # see config.Config.amp
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
         if self.channels_last and not cuda:
             from .bench import HANG_HINT
@@ -210,6 +210,7 @@ class Trainer:
         model = resnet(cfg.depth, width=cfg.width, bn_momentum=self.res["bn_momentum_used"], bn_eps=cfg.bn_eps)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=fmt)
+        self.forward = self._compiled(cfg, cuda)
         wd = {"conv": self.res["conv_weight_decay"], "bn": cfg.weight_decay, "head": cfg.weight_decay}
         self.groups = param_groups(self.model, wd)
         self.opt = make_optimizer(self.groups, cfg.optimizer, cfg.lr, cfg.momentum, (cfg.momentum, cfg.adam_beta2))
@@ -257,6 +258,23 @@ class Trainer:
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self.tb = None
         self._stop_signal: str | None = None
+
+    def _compiled(self, cfg: C.Config, cuda: bool):
+        """The model's forward, compiled when `compile` says so (config.Config.compile)."""
+        self.compile_auto, self.cudagraphs = cfg.compile == "auto", False
+        if cfg.compile == "off" or (cfg.compile == "auto" and not cuda):
+            return self.model
+        mode = cfg.compile_mode if cfg.compile_mode != "auto" else ("reduce-overhead" if cuda else "default")
+        self.cudagraphs = mode in ("reduce-overhead", "max-autotune") and cuda
+        # dynamic=False: the train batch and the eval batch each get their own static graph
+        return torch.compile(self.model, mode=None if mode == "default" else mode, dynamic=False)
+
+    def _eager_fallback(self, e: Exception) -> None:
+        """compile=auto: a model that fails to compile trains eagerly, with a warning."""
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        warnings.warn(f"torch.compile failed ({type(e).__name__}: {first}); training eagerly", stacklevel=2)
+        self.forward = self.model
+        self.compile_auto = False
 
     # ------------------------------------------------------------ state
     def state(self) -> dict:
@@ -331,11 +349,19 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.model.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.forward is not self.model and getattr(self, "cudagraphs", False):
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are dead
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.forward(x)
+                loss = F.cross_entropy(logits.float(), y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+        except Exception as e:  # a compile error surfaces at the first call; nothing was updated yet
+            if self.forward is self.model or not self.compile_auto:
+                raise
+            self._eager_fallback(e)
+            return self.train_step(step)
         if self.reference is not None:
             self.apply_lr_factor(step)
         self.stepper.step()
@@ -353,7 +379,7 @@ class Trainer:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self.model(x).float()
+                logits = self.forward(x).float()
             n = torch.tensor(float(len(y)), dtype=torch.float64, device=self.device)
             loss = F.cross_entropy(logits, y, reduction="sum").double()
             tot += torch.stack([loss, (logits.argmax(1) == y).sum().double(), n])

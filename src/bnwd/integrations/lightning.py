@@ -237,8 +237,7 @@ class BnwdMonitor(Callback):
         mon = self.monitor
         if closure is None or mon is None:
             return
-        with torch.no_grad():
-            mon._gsq = mon._sqnorms([p.grad if p.grad is not None else p.new_zeros(()) for p in mon.params])
+        mon.refresh_grads()
 
     # ------------------------------------------------------------------ per batch
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
