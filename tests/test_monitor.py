@@ -358,3 +358,27 @@ def test_grad_sq_unit_is_invariant_to_weight_scale():
         assert s["grad_sq_unit_ema/conv/conv.weight"] == pytest.approx(hand, rel=1e-10)
         vals.append(hand)
     assert vals[1] == pytest.approx(vals[0], rel=1e-8)
+
+
+def test_channels_last_parameters_read_like_contiguous():
+    """A channels_last conv kernel is read through a flat view in memory order (norms ignore the
+    order of elements): the same steps give the same metrics as with contiguous kernels, and the
+    view follows the optimizer's in-place updates."""
+    out = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        m, opt = setup(lr=0.1, momentum=0.9, weight_decay=1e-2)
+        m.to(memory_format=fmt)
+        assert m.conv.weight.is_contiguous(memory_format=fmt)
+        mon = Monitor(m, opt, layers="all")
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            for p in m.parameters():
+                p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype).contiguous(
+                    memory_format=fmt if p.dim() == 4 else torch.contiguous_format
+                )
+            opt.step()
+        out.append(mon.sample())
+    assert out[0].keys() == out[1].keys()
+    for k, v in out[0].items():
+        assert out[1][k] == pytest.approx(v, rel=1e-12, nan_ok=True), k
+    assert out[0]["rel_step_conv"] > 0

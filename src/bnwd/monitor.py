@@ -17,8 +17,8 @@ and the effective learning rate is ``lr / ||w||`` instead. The relative step and
 angle are measured directly and hold for any optimizer.
 
 Per optimizer step, for every tracked parameter (``wb`` before, ``wa`` after the step,
-``s = wa - wb``), from flat copies of all parameters and gradients (``torch.cat``) and one
-segmented float64 sum of squares per hook (a fixed handful of kernels, whatever the number of
+``s = wa - wb``), from flat copies of all parameters and gradients (``_foreach_copy_``) and one
+chunked float64 sum of squares per hook (a fixed handful of kernels, whatever the number of
 layers; memory: three float32 copies of the parameters) and no host sync:
 
     sqnorm  = ||wa||^2
@@ -61,6 +61,7 @@ which ``rel`` and ``angle`` are undefined. Entries with no valid step in the win
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -76,6 +77,7 @@ ADAPTIVE = tuple(
 LAYERS = ("auto", "conv", "all", "none")
 _M = ("rel", "angle", "grad_sq_unit")  # the per-step metrics kept as window mean / last / EMA
 STATE_VERSION = 5
+CHUNK = 1024  # elements per partial sum of the flat parameter copies (each parameter padded to whole chunks)
 BUFFER = 64  # steps recorded on the device between two folds into the accumulators
 
 
@@ -174,19 +176,23 @@ class Monitor:
         member[self.group_of, list(range(self.P))] = 1.0
         self._member = member.to(dev)
         self._masks: dict[tuple[bool, ...], torch.Tensor] = {}
-        # Flat float32 copies of all parameters: per step a couple of `cat`s and one segmented
-        # float64 reduction give every norm, a fixed handful of kernels whatever the model
-        # (per-tensor work costs a launch-bound GPU step more than the arithmetic).
-        self._lengths = torch.tensor([p.numel() for p in self.params], dtype=torch.long, device=dev)
-        self._lengths_rows: dict[int, torch.Tensor] = {}
+        # Flat float32 copies of all parameters, each padded to whole chunks of CHUNK elements:
+        # per step two multi-tensor copies, float64 sums per chunk and a small chunk -> parameter
+        # sum give every norm: a fixed handful of kernels whatever the model (per-tensor work costs
+        # a launch-bound GPU step more than the arithmetic), no host sync, no contended atomics.
+        sizes = [p.numel() for p in self.params]
+        nchunks = [max(1, -(-n // CHUNK)) for n in sizes]
+        self._chunk_ids = torch.repeat_interleave(torch.arange(self.P), torch.tensor(nchunks)).to(dev)
+        offsets = [CHUNK * c for c in itertools.accumulate([0] + nchunks[:-1])]
         self._views = [_flat(p.detach()) for p in self.params]  # the optimizer updates in place
         # a parameter of a non-dense layout (rare) has no flat view: its views are re-made per step
         self._fresh = any(v.data_ptr() != p.data_ptr() for v, p in zip(self._views, self.params))
         self._zeros: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             flat_dtype = torch.promote_types(torch.float32, self.params[0].dtype)
-            self._pair = torch.empty(2, int(self._lengths.sum()), dtype=flat_dtype, device=dev)
-            self._flat_b = torch.empty_like(self._pair[0])
+            self._pair = torch.zeros(2, CHUNK * sum(nchunks), dtype=flat_dtype, device=dev)  # padding stays 0
+            self._flat_b = torch.zeros_like(self._pair[0])
+            self._slots = [[row[o : o + n] for o, n in zip(offsets, sizes)] for row in self._pair]
             sq = self._sqnorms(self.params)
         # accumulators, all on the device, one row per unit
         M = len(_M)
@@ -217,11 +223,13 @@ class Monitor:
         return torch.stack(torch._foreach_norm([t.detach() for t in ts], 2, dtype=torch.float64)).square()
 
     def _segment_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """(rows, N) float64 flat values -> (rows, P) sums per parameter."""
-        lengths = self._lengths_rows.get(len(x))
-        if lengths is None:
-            lengths = self._lengths_rows[len(x)] = self._lengths.expand(len(x), -1).contiguous()
-        return torch.segment_reduce(x, "sum", lengths=lengths, axis=1)
+        """(rows, padded N) float64 flat values -> (rows, P) sums per parameter.
+
+        Sums per chunk, then chunks into parameters: no host sync (segment_reduce checks its
+        lengths with one) and few atomic adds per address (index_add_ over all N elements into P
+        slots serializes on the GPU)."""
+        chunks = x.view(len(x), -1, CHUNK).sum(2)
+        return torch.zeros(len(x), self.P, dtype=x.dtype, device=x.device).index_add_(1, self._chunk_ids, chunks)
 
     def _segment_sq(self, x: torch.Tensor) -> torch.Tensor:
         """(rows, N) flat values -> (rows, P) squared norms per parameter, summed in float64."""
@@ -245,8 +253,8 @@ class Monitor:
     def _pre(self, opt, args, kwargs) -> None:
         with torch.no_grad():
             k = len(self._buf_masks)
-            torch.cat(self._param_views(), out=self._pair[0])
-            torch.cat(self._grads(), out=self._pair[1])
+            torch._foreach_copy_(self._slots[0], self._param_views())
+            torch._foreach_copy_(self._slots[1], self._grads())
             self._flat_b.copy_(self._pair[0])
             self._buf[k, :2].copy_(self._segment_sq(self._pair))  # |wb|^2, |g|^2
             self._pre_done = True
@@ -257,7 +265,7 @@ class Monitor:
         then). Call it from a later step pre-hook; the Lightning callback does."""
         with torch.no_grad():
             k = len(self._buf_masks)
-            torch.cat(self._grads(), out=self._pair[1])
+            torch._foreach_copy_(self._slots[1], self._grads())
             self._buf[k, 1].copy_(self._segment_sq(self._pair[1:])[0])
 
     def _mask(self) -> torch.Tensor:
@@ -273,7 +281,7 @@ class Monitor:
             return
         with torch.no_grad():
             k = len(self._buf_masks)
-            torch.cat(self._param_views(), out=self._pair[0])
+            torch._foreach_copy_(self._slots[0], self._param_views())
             torch.sub(self._flat_b, self._pair[0], out=self._pair[1])  # wb - wa = -s
             a, ms = self._pair.double()
             # |wa|^2, |s|^2, and wb . s directly (no cancellation, unlike the polarization identity)
