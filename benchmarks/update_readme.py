@@ -8,6 +8,9 @@ Blocks (between `<!-- NAME:start -->` and `<!-- NAME:end -->`):
             `bnwd plot runs/cpu/runs --out docs/cpu`, see docs/cpu/README.md)
   dimless   the dimensionless-numbers table of docs/cpu/report.md
   perf      docs/perf.md (written by `python benchmarks/recipe_vs_bnwd.py --out docs/perf.md`)
+  gpu       docs/gpu/call*/ (written on a lent GPU by `benchmarks/gpu_check.sh`, see docs/gpu/README.md)
+  sweep     docs/sweep/summary.json and sweep.json (written by `bnwd sweep ... --out runs/sweep_cpu`,
+            copied to docs/sweep by `bnwd sweep --plot`; see docs/sweep/README.md)
 """
 
 import argparse
@@ -78,7 +81,76 @@ def perf() -> str:
     return "\n".join(lines[1:] if lines and lines[0].startswith("# ") else lines).strip()
 
 
-BLOCKS = {"results": results, "dimless": dimless, "perf": perf}
+ARTICLE_IMAGES = 4 * 150 * 50_000  # the article's four runs of 150 epochs
+
+
+def gpu() -> str:
+    gdir = ROOT / "docs" / "gpu"
+    env = (gdir / "call1" / "env.txt").read_text().splitlines()
+    lines = [
+        f"One {next((x.split(',')[0] for x in env if 'H200' in x or 'H100' in x), 'GPU')}, "
+        f"{next((x.split('|')[1].strip() for x in env if x.startswith('python')), '')}, ResNet-20 width 16, "
+        "batch 128, synthetic data on the GPU; `bnwd bench` interleaves steps with and without the Monitor. "
+        "The Monitor changed between calls (docs/gpu/README.md), so its overhead is comparable only within a call.",
+        "",
+        "| call | configuration | img/s, Monitor off | img/s, Monitor on | Monitor overhead | compiled / eager |",
+        "|---|---|---|---|---|---|",
+    ]
+    for call in sorted(p.name for p in gdir.glob("call*")):
+        seen = set()
+        for f in ("bench_eager.json", "bench_compile.json"):
+            path = gdir / call / f
+            if not path.exists():
+                continue
+            for name, r in json.loads(path.read_text())["configs"].items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                sp = r.get("speedup_vs_eager")
+                lines.append(
+                    f"| {call} | {name} | {r['img_per_s']:,.0f} | {r['img_per_s_with_monitor']:,.0f} | "
+                    f"+{100 * r['monitor_overhead']:.1f}% | {f'{sp:.2f}x' if sp else ''} |"
+                )
+    lines += ["", "Runs sharing the GPU (`bnwd train` processes started together, each its own loop):", ""]
+    for call in sorted(p.name for p in gdir.glob("call*")):
+        tr = gdir / call / "train_runs.json"
+        if tr.exists():
+            runs = [r for r in json.loads(tr.read_text())["runs"] if "img_per_s" in r]
+            if runs:
+                ips = [r["img_per_s"] for r in runs]
+                lines.append(
+                    f"- {call}: the 4 `blog` runs, 2 epochs each, eager, {min(ips):,.0f}–{max(ips):,.0f} img/s per run, "
+                    f"{sum(ips):,.0f} together"
+                )
+        par = gdir / call / "parallel.json"
+        if par.exists():
+            p = json.loads(par.read_text())
+            if p.get("aggregate_img_per_s"):
+                lines.append(
+                    f"- {call}: {p['runs']} baseline runs of 1 epoch, eager fp32, "
+                    f"{min(p['img_per_s_each']):,.0f}–{max(p['img_per_s_each']):,.0f} img/s per run, "
+                    f"{p['aggregate_img_per_s']:,.0f} together"
+                )
+    best = max(
+        (
+            (r["img_per_s_with_monitor"], call, name)
+            for call in (p.name for p in gdir.glob("call*"))
+            for f in ("bench_eager.json", "bench_compile.json")
+            if (gdir / call / f).exists()
+            for name, r in json.loads((gdir / call / f).read_text())["configs"].items()
+        )
+    )
+    lines += [
+        "",
+        f"PROJECTION, not a measurement: the article's 4 x 150 epochs ({ARTICLE_IMAGES:,} training images) at the "
+        f"fastest single-process rate measured with the Monitor on ({best[0]:,.0f} img/s, {best[1]} {best[2]}), one run "
+        f"after another, training steps only: {ARTICLE_IMAGES / best[0] / 60:.0f} min. The goal is 10 min; compiled "
+        "runs sharing the GPU were not measured.",
+    ]
+    return "\n".join(lines)
+
+
+BLOCKS = {"results": results, "dimless": dimless, "perf": perf, "gpu": gpu}
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""`bnwd` command line: train, reproduce, plot, audit, bench."""
+"""`bnwd` command line: train, reproduce, sweep, plot, audit, bench."""
 
 from __future__ import annotations
 
@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="seeds trained at once in separate processes (CPU threads split between them)",
     )
+    r.add_argument("--engine", default="local", choices=["local", "ray"], help="local processes or Ray tasks")
+    r.add_argument("--address", default=None, help="Ray cluster address (ray://host:10001 or host:6379)")
+    r.add_argument("--gpus-per-run", type=float, default=None, help="ray: num_gpus per seed (default 0.25 on GPU)")
+    r.add_argument("--cpus-per-run", type=float, default=None, help="ray: num_cpus per seed (default 1)")
     r.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
     r.add_argument("--optimizer", default="sgd", help="sgd | adam | adamw")
     r.add_argument(
@@ -66,6 +70,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--variants", default=None, help="comma-separated subset of variants to run")
     r.add_argument("--force", action="store_true", help="redo runs whose config changed")
     _common_train(r)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="a grid of config values x seeds (local process pool or Ray), summary and equilibrium figures",
+        description="Expand --grid into runs (each a normal, resumable run directory under OUT/runs/), run them "
+        "with --engine local (a process pool) or ray (one Ray task per run), then write OUT/summary.csv, "
+        "OUT/summary.json and OUT/figures/. Rerunning the same command resumes.",
+    )
+    sw.add_argument("--grid", nargs="+", default=None, metavar="KEY=V1,V2", help="axes, e.g. lr=0.05,0.1 width=8,16")
+    sw.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="fixed config overrides for every run")
+    sw.add_argument("--seeds", type=int, default=None, help="number of seeds: 0..N-1 (default 1)")
+    sw.add_argument("--seed-list", default=None, help="comma-separated seeds instead")
+    sw.add_argument("--variant", default="baseline", help=f"one of {', '.join(VARIANTS)} (default baseline)")
+    sw.add_argument("--preset", default=None, help="blog | cpu | smoke (default: blog with a GPU, cpu without)")
+    sw.add_argument("--out", default=None, help="sweep folder")
+    sw.add_argument("--engine", default="local", choices=["local", "ray"], help="local process pool or Ray")
+    sw.add_argument("--address", default=None, help="Ray cluster address (ray://host:10001 or host:6379)")
+    sw.add_argument("--jobs", type=int, default=1, help="local engine: runs at once (CPU threads split)")
+    sw.add_argument("--gpus-per-run", type=float, default=None, help="ray: num_gpus per run (default 0.25 on GPU)")
+    sw.add_argument("--cpus-per-run", type=float, default=None, help="ray: num_cpus per run (default 1)")
+    sw.add_argument("--yes", action="store_true", help=f"allow a grid of more than {10_000:,} runs")
+    sw.add_argument("--force", action="store_true", help="replace another sweep's record in OUT")
+    sw.add_argument("--plot", default=None, metavar="SWEEP", help="only redraw summary and figures of SWEEP")
+    sw.add_argument(
+        "--data",
+        default=None,
+        help="folder with cifar-10-batches-py/ or cifar-10-python.tar.gz (default: $BNWD_DATA or ~/.cache/bnwd)",
+    )
+    sw.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     pl = sub.add_parser("plot", help="redraw figures (and summary/report) from finished runs")
     pl.add_argument("runs", nargs="+", help="run directories (or folders containing them)")
@@ -157,6 +191,10 @@ def cmd_reproduce(args) -> int:
         seeds=args.seeds,
         seed_list=args.seed_list,
         jobs=args.jobs,
+        engine=args.engine,
+        address=args.address,
+        gpus_per_run=args.gpus_per_run,
+        cpus_per_run=args.cpus_per_run,
         data=args.data,
         out=args.out,
         optimizer=args.optimizer,
@@ -168,6 +206,47 @@ def cmd_reproduce(args) -> int:
     )
     print(f"report: {res['report']}")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from .config import parse_overrides
+    from .sweep import replot, sweep
+
+    if args.plot:
+        res = replot(args.plot)
+    else:
+        if not args.grid or not args.out:
+            raise ConfigError("bnwd sweep needs --grid KEY=V1,V2 ... and --out SWEEP (or --plot SWEEP)")
+        ov = parse_overrides(args.set)
+        if args.device:
+            ov["device"] = args.device
+        res = sweep(
+            args.grid,
+            args.out,
+            seeds=args.seeds,
+            seed_list=args.seed_list,
+            preset=args.preset,
+            variant=args.variant,
+            overrides=ov,
+            engine=args.engine,
+            address=args.address,
+            jobs=args.jobs,
+            data=args.data,
+            yes=args.yes,
+            force=args.force,
+            progress=not args.no_progress,
+            gpus_per_run=args.gpus_per_run,
+            cpus_per_run=args.cpus_per_run,
+        )
+    runs = res["summary"]["runs"]
+    failed = [r for r in runs if r["status"] != "done"]
+    print(
+        f"{len(runs) - len(failed)}/{len(runs)} runs done; summary {Path(res['out']) / 'summary.csv'}; "
+        f"{len(res['figures'])} figures in {Path(res['out']) / 'figures'}"
+    )
+    for r in failed:
+        print(f"  {r['run']}: {r['status']}{': ' + r['error'] if r.get('error') else ''}")
+    return 1 if failed else 0
 
 
 def cmd_plot(args) -> int:
@@ -226,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         return {
             "train": cmd_train,
             "reproduce": cmd_reproduce,
+            "sweep": cmd_sweep,
             "plot": cmd_plot,
             "audit": cmd_audit,
             "bench": cmd_bench,

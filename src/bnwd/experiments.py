@@ -97,6 +97,10 @@ def reproduce(
     progress: bool = True,
     seed_list: str | list[int] | None = None,
     jobs: int = 1,
+    engine: str = "local",
+    address: str | None = None,
+    gpus_per_run: float | None = None,
+    cpus_per_run: float | None = None,
 ) -> dict:
     """Train every (variant, seed) into OUT/runs/<variant>-s<seed> (finished runs are kept,
     interrupted ones resumed; the baseline goes first since `lr_scaling=reference` reads it),
@@ -108,7 +112,11 @@ def reproduce(
 
     `jobs` > 1 runs that many seeds at once in separate processes, each with
     `cpu_count // jobs` torch threads unless `threads=` is given (a run's metrics depend on its
-    thread count only through float rounding; with equal thread counts they are identical)."""
+    thread count only through float rounding; with equal thread counts they are identical).
+
+    `engine="ray"` runs each seed's chain of runs as one Ray task (`sweep.ray_map`; `address`
+    joins a cluster, else a local instance starts and stops with the call); a seed whose chain
+    fails twice is reported and the outputs are written from the runs that finished."""
     import os
 
     from .data import load_cifar10
@@ -117,6 +125,10 @@ def reproduce(
     seeds_ = resolve_seeds(seeds, seed_list)
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, got {engine!r}")
+    if address and engine != "ray":
+        raise ConfigError("--address is for --engine ray")
     variants = list(variants or ARTICLE_VARIANTS) + (["lr_exact"] if exact else [])
     for v in variants:
         if v not in VARIANTS:
@@ -135,6 +147,26 @@ def reproduce(
     jobs = min(jobs, len(seeds_))
     args = (preset, trained, view, base_over, str(out_dir), data, force)
     run_dirs: list[str] = []
+    if engine == "ray":
+        from .sweep import _import_ray, ray_map, ray_resources
+
+        _import_ray()
+        res = ray_resources(gpus_per_run, cpus_per_run)
+        load_cifar10(data)  # fail here, once, on missing or bad data
+        data_abs = str(Path(data).resolve()) if data else None
+        over = base_over if probe.threads else {**base_over, "threads": max(1, int(res["num_cpus"]))}
+        calls = {
+            f"seed {s}": (preset, s, trained, view, over, str(out_dir.resolve()), data_abs, force, False)
+            for s in seeds_
+        }
+        results = ray_map(seed_chain, calls, address, res, progress, "reproduce (ray)")
+        failed = {k: v["error"] for k, v in results.items() if v["status"] != "done"}
+        for k, e in failed.items():
+            print(f"bnwd: {k} failed twice: {e}", flush=True)
+        run_dirs = [d for v in results.values() if v["status"] == "done" for d in v["result"]]
+        if not run_dirs:
+            raise BnwdError(f"every seed failed; first error: {next(iter(failed.values()))}")
+        return write_outputs([Path(d) for d in run_dirs], out_dir)
     if jobs == 1:
         dataset = load_cifar10(data)
         for seed in seeds_:

@@ -535,3 +535,138 @@ def plot_all(runs: list[Run], out_dir: str | Path, theory: bool = True) -> list[
         if fig is not None:
             paths.append(save_figure(fig, out_dir, name))
     return paths
+
+
+# ---------------------------------------------------------------- sweeps (`bnwd sweep`)
+
+_WD_KEYS = ("conv_weight_decay", "weight_decay")
+
+
+def _cell_label(cell: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k}={cell[k]:g}" if isinstance(cell[k], float) else f"{k}={cell[k]}" for k in keys)
+
+
+def plot_sweep_heatmap(summary: dict):
+    """Mean final test accuracy over seeds per grid cell (first two axes; the others' cells averaged),
+    with lines of constant lr * wd when the axes are lr and a weight decay."""
+    grid, cells = summary["grid"], summary["cells"]
+    keys = list(grid)
+    if not any(c.get("final_test_acc_mean") is not None for c in cells):
+        return None
+    fig, (ax,) = _new_figure(height=5.2)
+    if len(keys) == 1:
+        k = keys[0]
+        xs = [c[k] for c in cells]
+        m = [np.nan if c["final_test_acc_mean"] is None else 100 * c["final_test_acc_mean"] for c in cells]
+        sd = [0 if c["final_test_acc_std"] is None else 100 * c["final_test_acc_std"] for c in cells]
+        ax.errorbar(range(len(xs)), m, yerr=sd, marker="o", capsize=3)
+        ax.set_xticks(range(len(xs)), [f"{x:g}" if isinstance(x, float) else str(x) for x in xs])
+        ax.set_xlabel(k)
+        ax.set_ylabel("final test accuracy (%), mean +- std over seeds")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        return fig
+    ky, kx = keys[0], keys[1]  # rows: first axis, columns: second
+    ys, xs = grid[ky], grid[kx]
+    acc = np.full((len(ys), len(xs)), np.nan)
+    sd = np.full((len(ys), len(xs)), np.nan)
+    n = np.zeros((len(ys), len(xs)), dtype=int)
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            mine = [c for c in cells if c[ky] == y and c[kx] == x and c.get("final_test_acc_mean") is not None]
+            if mine:
+                acc[i, j] = 100 * np.mean([c["final_test_acc_mean"] for c in mine])
+                sd[i, j] = 100 * np.mean([c["final_test_acc_std"] or 0.0 for c in mine])
+                n[i, j] = min(c["seeds_done"] for c in mine)
+    im = ax.imshow(acc, origin="lower", cmap="viridis", aspect="auto")
+    fig.colorbar(im, ax=ax, label="final test accuracy (%), mean over seeds")
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            if np.isfinite(acc[i, j]):
+                txt = f"{acc[i, j]:.1f}\n±{sd[i, j]:.1f} (n={n[i, j]})"
+                ax.text(
+                    j, i, txt, ha="center", va="center", fontsize=8, color="w" if acc[i, j] < np.nanmean(acc) else "k"
+                )
+    ax.set_xticks(range(len(xs)), [f"{x:g}" if isinstance(x, float) else str(x) for x in xs])
+    ax.set_yticks(range(len(ys)), [f"{y:g}" if isinstance(y, float) else str(y) for y in ys])
+    ax.set_xlabel(kx)
+    ax.set_ylabel(ky)
+    pair = {ky, kx}
+    wd = next((k for k in _WD_KEYS if k in pair), None)
+    if "lr" in pair and wd is not None and all(isinstance(v, float) for v in ys + xs):
+        # lr * wd on the index grid (log-interpolated between ticks): iso-lines of the intrinsic lr
+        def logi(vals, idx):
+            return np.interp(idx, range(len(vals)), np.log10(vals))
+
+        jj, ii = np.meshgrid(np.linspace(0, len(xs) - 1, 60), np.linspace(0, len(ys) - 1, 60))
+        prod = logi(ys, ii) + logi(xs, jj)
+        cs = ax.contour(jj, ii, prod, levels=7, colors="w", linewidths=0.8, linestyles="--")
+        ax.clabel(cs, fmt=lambda v: f"lr·wd={10**v:.1g}", fontsize=7)
+    others = [k for k in keys if k not in (ky, kx)]
+    note = f"; averaged over {', '.join(others)}" if others else ""
+    ax.set_title(f"final test accuracy over the grid{note}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _identity_scatter(summary: dict, measured: str, predicted: str, title: str, label: str):
+    cells = [c for c in summary["cells"] if c.get(f"{measured}_mean") is not None and c.get(predicted) is not None]
+    if not cells:
+        return None
+    keys = list(summary["grid"])
+    fig, (ax,) = _new_figure(height=5.2)
+    p = np.array([c[predicted] for c in cells])
+    m = np.array([c[f"{measured}_mean"] for c in cells])
+    e = np.array([c.get(f"{measured}_std") or 0.0 for c in cells])
+    for c, pi, mi, ei in zip(cells, p, m, e):
+        ax.errorbar([pi], [mi], yerr=[ei], marker="o", capsize=3, ls="none", label=_cell_label(c, keys))
+    lo, hi = min(p.min(), m.min()) / 1.3, max(p.max(), m.max()) * 1.3
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="measured = predicted")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel(f"predicted {label}")
+    ax.set_ylabel(f"measured {label} (mean +- std over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, ncol=2, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep_rel_step(summary: dict):
+    """Measured conv relative step at the end of the first lr stage against sqrt(2 lr wd / (1 + mu))."""
+    return _identity_scatter(
+        summary,
+        "rel_step_measured",
+        "rel_step_predicted_mean",
+        "conv relative step per step at the end of lr stage 1 vs sqrt(2 lr wd / (1 + mu))",
+        "relative step ||dw||/||w||",
+    )
+
+
+def plot_sweep_norm(summary: dict):
+    """Measured conv sum of squared norms at the end of stage 1 against the equilibrium prediction
+    from each layer's measured grad_sq_unit (`equilibrium_sqsum`)."""
+    return _identity_scatter(
+        summary,
+        "conv_sqsum_measured",
+        "conv_sqsum_predicted_mean",
+        "conv sum of ||w||^2 at the end of lr stage 1 vs its equilibrium value",
+        "conv sum of ||w||^2",
+    )
+
+
+def sweep_figures(summary: dict, out_dir: str | Path) -> list[Path]:
+    """sweep_accuracy, sweep_rel_step, sweep_norm (each where there is data) as PNG and SVG."""
+    paths = []
+    for name, fn in (
+        ("sweep_accuracy", plot_sweep_heatmap),
+        ("sweep_rel_step", plot_sweep_rel_step),
+        ("sweep_norm", plot_sweep_norm),
+    ):
+        fig = fn(summary)
+        if fig is not None:
+            paths.append(save_figure(fig, out_dir, name))
+    return paths

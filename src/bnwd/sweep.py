@@ -1,0 +1,481 @@
+"""`bnwd sweep`: a grid of config values x seeds, one normal run directory each, run by a local
+process pool or by Ray; then a summary and the figures that test the equilibrium theory.
+
+    bnwd sweep --grid lr=0.05,0.1,0.2 conv_weight_decay=1e-4,2e-4,5e-4 --seeds 3 --out SWEEP
+
+SWEEP/sweep.json holds the grid; SWEEP/runs/<key=value__...__s<seed>> the runs (resumable:
+a finished run is skipped, an interrupted one resumes from its checkpoint); SWEEP/summary.csv
+and summary.json one row per run (a failed run with its error) and per grid cell (mean, std
+over seeds); SWEEP/figures/ the accuracy heatmap and measured-vs-predicted equilibrium.
+
+The equilibrium is read at the end of the first lr stage (the last sample point before the
+first milestone), where lr and the conv L2 have been constant longest: the conv layers'
+relative step against sqrt(2 lr wd / (1 + mu)) and their summed squared norm against the sum of
+the per-layer predictions from their measured grad_sq_unit (`theory.sgd_equilibrium`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import config as C
+from .errors import BnwdError, ConfigError
+
+MAX_RUNS = 10_000  # above this a grid needs --yes
+SWEEP_FILE = "sweep.json"
+NOT_AXES = ("seed", "variant", "preset")  # given by --seeds, --variant, --preset
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    preset: str
+    overrides: dict[str, Any]  # grid values, fixed overrides, variant and seed
+    seed: int
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """`["lr=0.05,0.1", "width=8,16"]` -> {"lr": [0.05, 0.1], "width": [8, 16]}, typed as the config."""
+    types = C._types()
+    grid: dict[str, list[Any]] = {}
+    if not items:
+        raise ConfigError("--grid needs at least one axis, e.g. --grid lr=0.05,0.1")
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--grid takes key=v1,v2,..., got {item!r}")
+        key, vals = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key in NOT_AXES:
+            raise ConfigError(f"{key!r} cannot be a grid axis; use --{key}{'s' if key == 'seed' else ''}")
+        if key not in types:
+            raise ConfigError(f"unknown config key {key!r} in --grid; known keys: {', '.join(types)}")
+        t = types[key] if isinstance(types[key], str) else getattr(types[key], "__name__", "")
+        if "list" in str(t):
+            raise ConfigError(f"{key!r} is a list and cannot be a grid axis")
+        if key in grid:
+            raise ConfigError(f"--grid names {key!r} twice")
+        raw = [v.strip() for v in vals.split(",")]
+        if not vals.strip() or any(v == "" for v in raw):
+            raise ConfigError(f"--grid axis {key!r} has an empty value: {item!r}")
+        typed = [C._coerce(key, types[key], v) for v in raw]
+        grid[key] = list(dict.fromkeys(typed))
+    return grid
+
+
+def expand(
+    grid: dict[str, list[Any]], seeds: list[int], preset: str, variant: str, overrides: dict, yes: bool = False
+) -> list[RunSpec]:
+    """Every (cell, seed), seed-major (all cells of the first seed first); every config is built
+    and validated here, so bad input fails before anything is written."""
+    n = math.prod(len(v) for v in grid.values()) * len(seeds)
+    if n > MAX_RUNS and not yes:
+        raise ConfigError(f"the grid has {n:,} runs (over {MAX_RUNS:,}); pass --yes to run it anyway")
+    keys = list(grid)
+    specs = []
+    for seed in seeds:
+        for values in itertools.product(*(grid[k] for k in keys)):
+            cell = dict(zip(keys, values))
+            ov = {**overrides, **cell, "variant": variant, "seed": seed}
+            C.make_config(preset, ov)  # validate
+            name = "__".join(f"{k}={_fmt(v)}" for k, v in cell.items()) + f"__s{seed}"
+            specs.append(RunSpec(name, preset, ov, seed))
+    return specs
+
+
+def sweep_record(grid: dict, seeds: list[int], preset: str, variant: str, overrides: dict) -> dict:
+    return {"grid": grid, "seeds": seeds, "preset": preset, "variant": variant, "overrides": overrides}
+
+
+def check_or_write_record(out: Path, rec: dict, force: bool) -> None:
+    """SWEEP/sweep.json: a rerun of the same sweep resumes; another grid in the same folder is refused
+    (more seeds are fine: runs are named by seed)."""
+    path = out / SWEEP_FILE
+    if path.exists() and not force:
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"{path} is unreadable; use --force or another --out") from None
+        same = {k: old.get(k) for k in ("grid", "preset", "variant", "overrides")}
+        if same != {k: rec[k] for k in same}:
+            raise ConfigError(f"{out} holds another sweep ({path}); use another --out or pass --force")
+        rec = {**rec, "seeds": sorted(set(old.get("seeds", [])) | set(rec["seeds"]))}
+    from .runs import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(rec, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------- running one run (any process)
+
+_DATA_CACHE: dict[str, Any] = {}
+
+
+def _die_with_parent() -> None:
+    """Pool workers get SIGTERM when the driver dies (Linux): the trainer then checkpoints and stops,
+    so a rerun of the sweep never finds a run still being written by an orphan."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def run_spec(spec: RunSpec, out: str, data: str | None) -> dict:
+    """Train (or resume, or skip when finished) one run; returns its summary. Raises on failure."""
+    from .data import load_cifar10
+    from .train import train
+
+    key = str(data)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = load_cifar10(data)
+    cfg = C.make_config(spec.preset, spec.overrides)
+    return train(cfg, Path(out) / "runs" / spec.name, resume=True, progress=False, dataset=_DATA_CACHE[key])
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {s[0][:300] if s else ''}".rstrip(": ")
+
+
+# ---------------------------------------------------------------- engines
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
+
+
+def run_local(specs: list[RunSpec], out: Path, data: str | None, jobs: int, progress: bool) -> dict[str, dict]:
+    """The process pool behind `reproduce --jobs`: `jobs` runs at once, cpu_count // jobs threads
+    each (unless `threads=` is set); a failed run is retried once, then reported."""
+    results: dict[str, dict] = {}
+    bar = _progress(len(specs), "sweep", progress)
+
+    def record(spec, res=None, err=None):
+        results[spec.name] = {"status": "done", **(res or {})} if err is None else {"status": "failed", "error": err}
+        if bar is not None:
+            bar.update(1)
+
+    if jobs <= 1:
+        for spec in specs:
+            for attempt in (1, 2):
+                try:
+                    record(spec, run_spec(spec, str(out), data))
+                    break
+                except (BnwdError, RuntimeError, ValueError, OSError) as e:
+                    if attempt == 2:
+                        record(spec, err=_one_line(e))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        specs = [
+            s if "threads" in s.overrides else RunSpec(s.name, s.preset, {**s.overrides, "threads": threads}, s.seed)
+            for s in specs
+        ]
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_die_with_parent) as pool:
+            pending = {pool.submit(run_spec, s, str(out), data): (s, 1) for s in specs}
+            while pending:
+                from concurrent.futures import FIRST_COMPLETED, wait
+
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    spec, attempt = pending.pop(f)
+                    try:
+                        record(spec, f.result())
+                    except Exception as e:  # noqa: BLE001 - a run's failure is data for the summary
+                        if attempt == 1:
+                            pending[pool.submit(run_spec, spec, str(out), data)] = (spec, 2)
+                        else:
+                            record(spec, err=_one_line(e))
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray, which is not installed: pip install 'bnwd[ray]'") from None
+    return ray
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """One line naming the address when nothing answers there (ray.init itself retries for minutes)."""
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address must be host:port or ray://host:port (or auto), got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach a Ray cluster at --address {address}: {e.strerror or e}") from None
+
+
+def ray_resources(gpus_per_run: float | None, cpus_per_run: float | None) -> dict[str, float]:
+    """num_gpus per run on a GPU machine (default 0.25: four ResNet-20 runs share one GPU, which
+    one alone leaves mostly idle; docs/gpu/call2/parallel.json), num_cpus otherwise."""
+    import torch
+
+    gpu = gpus_per_run if gpus_per_run is not None else (0.25 if torch.cuda.is_available() else 0.0)
+    cpu = cpus_per_run if cpus_per_run is not None else 1.0
+    if gpu < 0 or cpu <= 0:
+        raise ConfigError(f"--gpus-per-run must be >= 0 and --cpus-per-run > 0, got {gpu}, {cpu}")
+    return {"num_gpus": gpu, "num_cpus": cpu}
+
+
+def ray_map(
+    fn, calls: dict[str, tuple], address: str | None, resources: dict[str, float], progress: bool, desc: str
+) -> dict[str, dict]:
+    """`fn(*args)` for every named call as a Ray task with `resources`; Ray retries a failed task
+    once (`max_retries=1, retry_exceptions=True`), then the call is reported failed with its error:
+    {name: {"status": "done", "result": ...} or {"status": "failed", "error": one line}}.
+    Without `address` a local Ray instance starts and stops with the call."""
+    ray = _import_ray()
+    if address:
+        _check_reachable(address)
+    started = False
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+                started = True
+        except Exception as e:  # noqa: BLE001 - ray raises several types for an unreachable cluster
+            if address:
+                raise ConfigError(f"cannot reach a Ray cluster at --address {address}: {_one_line(e)}") from None
+            raise
+    try:
+        task = ray.remote(max_retries=1, retry_exceptions=True, **resources)(fn)
+        refs = {task.remote(*args): name for name, args in calls.items()}
+        results: dict[str, dict] = {}
+        bar = _progress(len(refs), desc, progress)
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                try:
+                    results[refs[ref]] = {"status": "done", "result": ray.get(ref)}
+                except Exception as e:  # noqa: BLE001 - Ray wraps the task's exception
+                    results[refs[ref]] = {"status": "failed", "error": _one_line(getattr(e, "cause", None) or e)}
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        return results
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_ray(
+    specs: list[RunSpec],
+    out: Path,
+    data: str | None,
+    address: str | None,
+    resources: dict[str, float],
+    progress: bool,
+) -> dict[str, dict]:
+    """One Ray task per run (`ray_map`), torch threads = its num_cpus unless `threads=` is set."""
+    threads = max(1, int(resources["num_cpus"]))
+    specs = [
+        s if "threads" in s.overrides else RunSpec(s.name, s.preset, {**s.overrides, "threads": threads}, s.seed)
+        for s in specs
+    ]
+    res = ray_map(run_spec, {s.name: (s, str(out), data) for s in specs}, address, resources, progress, "sweep (ray)")
+    return {k: ({"status": "done", **v["result"]} if v["status"] == "done" else v) for k, v in res.items()}
+
+
+# ---------------------------------------------------------------- summary
+
+
+def equilibrium_point(run) -> dict[str, float | None]:
+    """Measured and predicted equilibrium at the end of the first lr stage of one run (`runs.Run`)."""
+    from .theory import sgd_equilibrium
+
+    cfg = run.config
+    wd = (cfg.get("resolved") or {}).get("conv_weight_decay", cfg.get("conv_weight_decay"))
+    out: dict[str, float | None] = {
+        "rel_step_measured": None,
+        "rel_step_predicted": None,
+        "conv_sqsum_measured": None,
+        "conv_sqsum_predicted": None,
+    }
+    if cfg.get("optimizer", "sgd") != "sgd" or not wd or not run.rows:
+        return out
+    ms = cfg.get("lr_milestones") or [cfg.get("epochs", 0)]
+    rows = [r for r in run.rows if r["epoch"] <= ms[0] + 1e-9 and "rel_step_conv" in r]
+    if not rows:
+        return out
+    r = rows[-1]
+    lr, mu = cfg["lr"], cfg["momentum"]
+    out["rel_step_measured"] = r.get("rel_step_conv")
+    out["rel_step_predicted"] = sgd_equilibrium(lr, wd, mu)["relative_step"]
+    out["conv_sqsum_measured"] = r.get("conv_sqsum")
+    from .plots import equilibrium_sqsum
+
+    eq = equilibrium_sqsum(run)  # per sample point, from the measured grad_sq_unit of each layer
+    if eq is not None:
+        i = max(j for j, row in enumerate(run.rows) if row is r)
+        out["conv_sqsum_predicted"] = float(eq[i]) if math.isfinite(eq[i]) else None
+    return out
+
+
+def summarize(out: Path, specs: list[RunSpec], grid: dict, results: dict[str, dict] | None = None) -> dict:
+    """SWEEP/summary.json and summary.csv from the run folders (and the failures in `results`)."""
+    import statistics
+
+    from .runs import atomic_write, load_run
+
+    results = results or {}
+    rows = []
+    for spec in specs:
+        d = out / "runs" / spec.name
+        row: dict[str, Any] = {"run": spec.name, "seed": spec.seed, **{k: spec.overrides[k] for k in grid}}
+        res = results.get(spec.name, {})
+        summ = d / "summary.json"
+        if summ.exists():
+            run = load_run(d)
+            s = run.summary
+            row.update(
+                status="done",
+                final_test_acc=s.get("final_test_acc"),
+                best_test_acc=s.get("best_test_acc"),
+                final_train_loss=s.get("final_train_loss"),
+                final_conv_sqsum=s.get("final_conv_sqsum"),
+                wall_s=s.get("wall_s"),
+                **equilibrium_point(run),
+            )
+            row["intrinsic_lr"] = run.config["lr"] * ((run.config.get("resolved") or {}).get("conv_weight_decay") or 0)
+        else:
+            row.update(status=res.get("status", "not run"), error=res.get("error"))
+            if row["status"] == "done":  # reported done but no summary: say so rather than drop it
+                row.update(status="failed", error="finished without summary.json")
+        rows.append(row)
+    cells = []
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        mine = [r for r in rows if all(r[k] == v for k, v in zip(keys, values))]
+        done = [r for r in mine if r["status"] == "done"]
+        cell: dict[str, Any] = {**dict(zip(keys, values)), "seeds_done": len(done), "seeds": len(mine)}
+        for m in ("final_test_acc", "rel_step_measured", "rel_step_predicted", "conv_sqsum_measured"):
+            xs = [r[m] for r in done if r.get(m) is not None]
+            cell[f"{m}_mean"] = statistics.fmean(xs) if xs else None
+            cell[f"{m}_std"] = statistics.stdev(xs) if len(xs) > 1 else (0.0 if xs else None)
+        xs = [r["conv_sqsum_predicted"] for r in done if r.get("conv_sqsum_predicted") is not None]
+        cell["conv_sqsum_predicted_mean"] = statistics.fmean(xs) if xs else None
+        cells.append(cell)
+    summary = {"grid": grid, "runs": rows, "cells": cells}
+    from .runs import jsonable
+
+    atomic_write(out / "summary.json", json.dumps(jsonable(summary), indent=1) + "\n")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [",".join(cols)] + [",".join(_csv(r.get(c)) for c in cols) for r in rows]
+    atomic_write(out / "summary.csv", "\n".join(lines) + "\n")
+    return summary
+
+
+def _csv(v: Any) -> str:
+    if v is None:
+        return ""
+    s = f"{v:.6g}" if isinstance(v, float) else str(v)
+    return f'"{s}"' if ("," in s or '"' in s) else s
+
+
+# ---------------------------------------------------------------- entry
+
+
+def sweep(
+    grid_items: list[str],
+    out: str,
+    seeds: int | None = None,
+    seed_list: str | None = None,
+    preset: str | None = None,
+    variant: str = "baseline",
+    overrides: dict | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    jobs: int = 1,
+    data: str | None = None,
+    yes: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    gpus_per_run: float | None = None,
+    cpus_per_run: float | None = None,
+) -> dict:
+    from .experiments import default_preset, resolve_seeds
+
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, got {engine!r}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if address and engine != "ray":
+        raise ConfigError("--address is for --engine ray")
+    preset = preset or default_preset()
+    grid = parse_grid(grid_items)
+    seeds_ = resolve_seeds(seeds, seed_list)
+    overrides = dict(overrides or {})
+    specs = expand(grid, seeds_, preset, variant, overrides, yes=yes)
+    if engine == "ray":
+        _import_ray()
+        resources = ray_resources(gpus_per_run, cpus_per_run)
+        if address:
+            _check_reachable(address)
+    out_dir = Path(out).resolve()
+    data_path = str(Path(data).resolve()) if data else None
+    from .data import load_cifar10
+
+    load_cifar10(data_path)  # missing or bad data: one line, before anything is written
+    check_or_write_record(out_dir, sweep_record(grid, seeds_, preset, variant, overrides), force)
+    t0 = time.time()
+    if engine == "local":
+        results = run_local(specs, out_dir, data_path, jobs, progress)
+    else:
+        results = run_ray(specs, out_dir, data_path, address, resources, progress)
+    summary = summarize(out_dir, specs, grid, results)
+    summary["wall_s"] = time.time() - t0
+    figs = plot_sweep(out_dir, summary)
+    return {"summary": summary, "figures": figs, "out": str(out_dir)}
+
+
+def replot(out: str) -> dict:
+    """`bnwd sweep --plot SWEEP`: summary and figures again from SWEEP/sweep.json and its run folders."""
+    out_dir = Path(out)
+    path = out_dir / SWEEP_FILE
+    if not path.exists():
+        raise BnwdError(f"{out_dir} is not a sweep folder (no {SWEEP_FILE})")
+    rec = json.loads(path.read_text())
+    specs = expand(rec["grid"], rec["seeds"], rec["preset"], rec["variant"], rec["overrides"], yes=True)
+    summary = summarize(out_dir, specs, rec["grid"])
+    return {"summary": summary, "figures": plot_sweep(out_dir, summary), "out": str(out_dir)}
+
+
+def plot_sweep(out: Path, summary: dict) -> list[str]:
+    from .plots import sweep_figures
+
+    return sweep_figures(summary, out / "figures")
