@@ -150,7 +150,50 @@ def gpu() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"results": results, "dimless": dimless, "perf": perf, "gpu": gpu}
+def sweep() -> str:
+    d = ROOT / "docs" / "sweep"
+    summ = json.loads((d / "summary.json").read_text())
+    rec = json.loads((d / "sweep.json").read_text())
+    runs = summ["runs"]
+    done = [r for r in runs if r["status"] == "done"]
+    walls = [r["wall_s"] for r in done if r.get("wall_s")]
+    grid = ", ".join(f"`{k}` ∈ {{{', '.join(f'{v:g}' for v in vs)}}}" for k, vs in rec["grid"].items())
+    fixed = " ".join(f"{k}={v}" for k, v in rec["overrides"].items())
+    keys = list(rec["grid"])
+    lines = [
+        f"Grid {grid}; seeds {rec['seeds']}; `{rec['variant']}` runs of the `{rec['preset']}` preset with `{fixed}`. "
+        f"{len(done)} of {len(runs)} runs finished; their training loops took {sum(walls) / 60:.0f} min in all "
+        f"({min(walls) / 60:.1f}–{max(walls) / 60:.1f} min each, one process with 2 threads on the 2-core machine, "
+        "sharing it with other work).",
+        "",
+        "| " + " | ".join(keys) + " | lr·wd | seeds | final test acc (%) | rel step measured / predicted | "
+        "conv sum ‖w‖² measured / predicted |",
+        "|" + "---|" * (len(keys) + 5),
+    ]
+    for c in summ["cells"]:
+        if not c["seeds_done"]:
+            continue
+        acc = f"{100 * c['final_test_acc_mean']:.1f}" + (
+            f" ± {100 * c['final_test_acc_std']:.1f}" if c["seeds_done"] > 1 else ""
+        )
+        rel = f"{c['rel_step_measured_mean']:.4f} / {c['rel_step_predicted_mean']:.4f}"
+        sq = f"{c['conv_sqsum_measured_mean']:.1f} / {c['conv_sqsum_predicted_mean']:.1f}"
+        prod = c.get("lr", 0) * c.get("conv_weight_decay", 0)
+        lines.append(
+            "| " + " | ".join(f"{c[k]:g}" for k in keys) + f" | {prod:.2g} | {c['seeds_done']} | {acc} | {rel} | {sq} |"
+        )
+    lines.append("")
+    for name, what in (("rel_step", "relative step"), ("conv_sqsum", "conv sum of squared norms")):
+        t = summ.get("theory", {}).get(name, {})
+        if "ratio" in t:
+            lines.append(
+                f"- {what}, measured / predicted over {t['cells']} cells: **{t['ratio']:.3f}**, 95% CI "
+                f"[{t['ci'][0]:.3f}, {t['ci'][1]:.3f}]: **{t['verdict']}** (band ±{100 * t['band']:.0f}%)"
+            )
+    return "\n".join(lines)
+
+
+BLOCKS = {"results": results, "dimless": dimless, "perf": perf, "gpu": gpu, "sweep": sweep}
 
 
 def main() -> int:

@@ -244,9 +244,11 @@ def cmd_sweep(args) -> int:
         f"{len(runs) - len(failed)}/{len(runs)} runs done; summary {Path(res['out']) / 'summary.csv'}; "
         f"{len(res['figures'])} figures in {Path(res['out']) / 'figures'}"
     )
-    for r in failed:
+    for r in failed[:10]:
         print(f"  {r['run']}: {r['status']}{': ' + r['error'] if r.get('error') else ''}")
-    return 1 if failed else 0
+    if len(failed) > 10:
+        print(f"  ... and {len(failed) - 10} more")
+    return 1 if failed and not args.plot else 0
 
 
 def cmd_plot(args) -> int:

@@ -583,7 +583,7 @@ def plot_sweep_heatmap(summary: dict):
     for i in range(len(ys)):
         for j in range(len(xs)):
             if np.isfinite(acc[i, j]):
-                txt = f"{acc[i, j]:.1f}\n±{sd[i, j]:.1f} (n={n[i, j]})"
+                txt = f"{acc[i, j]:.1f}\n" + (f"±{sd[i, j]:.1f} (n={n[i, j]})" if n[i, j] > 1 else f"(n={n[i, j]})")
                 ax.text(
                     j, i, txt, ha="center", va="center", fontsize=8, color="w" if acc[i, j] < np.nanmean(acc) else "k"
                 )
@@ -600,8 +600,10 @@ def plot_sweep_heatmap(summary: dict):
 
         jj, ii = np.meshgrid(np.linspace(0, len(xs) - 1, 60), np.linspace(0, len(ys) - 1, 60))
         prod = logi(ys, ii) + logi(xs, jj)
-        cs = ax.contour(jj, ii, prod, levels=7, colors="w", linewidths=0.8, linestyles="--")
-        ax.clabel(cs, fmt=lambda v: f"lr·wd={10**v:.1g}", fontsize=7)
+        levels = sorted({round(math.log10(y * x), 9) for y in ys for x in xs})
+        if len(levels) > 1:
+            cs = ax.contour(jj, ii, prod, levels=levels, colors="0.3", linewidths=0.8, linestyles="--")
+            ax.clabel(cs, fmt=lambda v: f"lr·wd={10**v:.2g}", fontsize=7)
     others = [k for k in keys if k not in (ky, kx)]
     note = f"; averaged over {', '.join(others)}" if others else ""
     ax.set_title(f"final test accuracy over the grid{note}", fontsize=10)

@@ -346,8 +346,11 @@ def equilibrium_point(run) -> dict[str, float | None]:
     return out
 
 
-def summarize(out: Path, specs: list[RunSpec], grid: dict, results: dict[str, dict] | None = None) -> dict:
-    """SWEEP/summary.json and summary.csv from the run folders (and the failures in `results`)."""
+def summarize(
+    out: Path, specs: list[RunSpec], grid: dict, results: dict[str, dict] | None = None, wall_s: float | None = None
+) -> dict:
+    """SWEEP/summary.json and summary.csv from the run folders (and the failures in `results`);
+    `wall_s`: the sweep command's wall time (kept from the last summary when not given)."""
     import statistics
 
     from .runs import atomic_write, load_run
@@ -390,7 +393,12 @@ def summarize(out: Path, specs: list[RunSpec], grid: dict, results: dict[str, di
         xs = [r["conv_sqsum_predicted"] for r in done if r.get("conv_sqsum_predicted") is not None]
         cell["conv_sqsum_predicted_mean"] = statistics.fmean(xs) if xs else None
         cells.append(cell)
-    summary = {"grid": grid, "runs": rows, "cells": cells}
+    if wall_s is None and (out / "summary.json").exists():
+        try:
+            wall_s = json.loads((out / "summary.json").read_text()).get("wall_s")
+        except ValueError:
+            wall_s = None
+    summary = {"grid": grid, "wall_s": wall_s, "runs": rows, "cells": cells, "theory": theory_check(cells)}
     from .runs import jsonable
 
     atomic_write(out / "summary.json", json.dumps(jsonable(summary), indent=1) + "\n")
@@ -398,6 +406,31 @@ def summarize(out: Path, specs: list[RunSpec], grid: dict, results: dict[str, di
     lines = [",".join(cols)] + [",".join(_csv(r.get(c)) for c in cols) for r in rows]
     atomic_write(out / "summary.csv", "\n".join(lines) + "\n")
     return summary
+
+
+def theory_check(cells: list[dict], band: float = 0.1) -> dict:
+    """Measured / predicted over the grid cells (seed means), as a geometric mean with a 95% t
+    interval over cells: `agrees` when the interval lies within 1 +- band, `disagrees` when it
+    excludes 1, else `undecided`."""
+    import statistics
+
+    from .claims import t_quantile
+
+    out = {}
+    for name, m, p in (
+        ("rel_step", "rel_step_measured_mean", "rel_step_predicted_mean"),
+        ("conv_sqsum", "conv_sqsum_measured_mean", "conv_sqsum_predicted_mean"),
+    ):
+        logs = [math.log(c[m] / c[p]) for c in cells if c.get(m) and c.get(p)]
+        if len(logs) < 2:
+            out[name] = {"cells": len(logs)}
+            continue
+        mu, sd = statistics.fmean(logs), statistics.stdev(logs)
+        h = t_quantile(len(logs) - 1) * sd / math.sqrt(len(logs))
+        lo, hi = math.exp(mu - h), math.exp(mu + h)
+        verdict = "agrees" if 1 - band <= lo and hi <= 1 + band else ("disagrees" if lo > 1 or hi < 1 else "undecided")
+        out[name] = {"cells": len(logs), "ratio": math.exp(mu), "ci": [lo, hi], "band": band, "verdict": verdict}
+    return out
 
 
 def _csv(v: Any) -> str:
@@ -457,8 +490,7 @@ def sweep(
         results = run_local(specs, out_dir, data_path, jobs, progress)
     else:
         results = run_ray(specs, out_dir, data_path, address, resources, progress)
-    summary = summarize(out_dir, specs, grid, results)
-    summary["wall_s"] = time.time() - t0
+    summary = summarize(out_dir, specs, grid, results, wall_s=time.time() - t0)
     figs = plot_sweep(out_dir, summary)
     return {"summary": summary, "figures": figs, "out": str(out_dir)}
 
