@@ -16,6 +16,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common_train(p: argparse.ArgumentParser) -> None:
+    _data_device(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 lr=0.05")
+
+
+def _data_device(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         default=None,
@@ -23,7 +28,6 @@ def _common_train(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 lr=0.05")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,13 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--yes", action="store_true", help=f"allow a grid of more than {10_000:,} runs")
     sw.add_argument("--force", action="store_true", help="replace another sweep's record in OUT")
     sw.add_argument("--plot", default=None, metavar="SWEEP", help="only redraw summary and figures of SWEEP")
-    sw.add_argument(
-        "--data",
-        default=None,
-        help="folder with cifar-10-batches-py/ or cifar-10-python.tar.gz (default: $BNWD_DATA or ~/.cache/bnwd)",
-    )
-    sw.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
-    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _data_device(sw)
 
     pl = sub.add_parser("plot", help="redraw figures (and summary/report) from finished runs")
     pl.add_argument("runs", nargs="+", help="run directories (or folders containing them)")
