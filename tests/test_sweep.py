@@ -98,12 +98,19 @@ def test_unreachable_address_names_it(tmp_path, fake_data_dir, capsys):
     assert "127.0.0.1:9" in err and len(err.splitlines()) == 1 and time.time() - t < 30
 
 
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory, fake_data_dir):
+    """The smoke-sized 3x3 grid x 2 seeds with --engine local, run once for the tests below."""
+    out = tmp_path_factory.mktemp("sweep") / "local"
+    assert sweep_cli(out, fake_data_dir) == 0
+    return out
+
+
 @pytest.mark.timeout(600)
-def test_local_sweep_3x3x2_summary_figures_and_rerun(tmp_path, fake_data_dir):
+def test_local_sweep_3x3x2_summary_figures_and_rerun(local_sweep, fake_data_dir):
     """A 3x3 grid x 2 seeds: 18 finished run folders, one summary row each, 9 cells with 2 seeds,
     the three figures; the same command again skips every finished run and gives the same summary."""
-    out = tmp_path / "sw"
-    assert sweep_cli(out, fake_data_dir) == 0
+    out = local_sweep
     r = rows(out)
     assert len(r) == 18 and {x["status"] for x in r} == {"done"}
     assert len({x["run"] for x in r}) == 18
@@ -155,14 +162,13 @@ def test_failed_run_retried_then_reported(tmp_path, fake_data_dir, monkeypatch, 
 
 
 @pytest.mark.timeout(600)
-def test_ray_engine_matches_local(tmp_path, fake_data_dir):
+def test_ray_engine_matches_local(tmp_path, fake_data_dir, local_sweep):
     """--engine ray on a local Ray instance (started and stopped by the command): the same 18 runs
     and the same results as the local engine (CPU, one thread each, so bit-identical)."""
     pytest.importorskip("ray")
-    local, ray_out = tmp_path / "local", tmp_path / "ray"
-    assert sweep_cli(local, fake_data_dir) == 0
+    ray_out = tmp_path / "ray"
     assert sweep_cli(ray_out, fake_data_dir, "--engine", "ray", "--cpus-per-run", "1") == 0
-    assert results(ray_out) == {k: v for k, v in results(local).items()}
+    assert results(ray_out) == results(local_sweep)
     for name in ("sweep_accuracy", "sweep_rel_step", "sweep_norm"):
         assert (ray_out / "figures" / f"{name}.png").exists()
     import ray
@@ -175,7 +181,7 @@ def test_killed_driver_rerun_resumes_each_run_once(tmp_path, fake_data_dir):
     """SIGKILL the driver mid-sweep (2 worker processes); the same command again finishes the sweep:
     every run exactly once in the summary, with the results of an uninterrupted sweep."""
     fixed = [*FIXED, "epochs=3", "lr_milestones=2,2.5", "checkpoint_every=0.5"]
-    grid = ["lr=0.05,0.1", "conv_weight_decay=5e-3,1e-2"]
+    grid = ["lr=0.05,0.1", "conv_weight_decay=5e-3"]
     out, ref = tmp_path / "sw", tmp_path / "ref"
     cmd = [sys.executable, "-m", "bnwd", "sweep", "--grid", *grid, "--seeds", "2", "--preset", "smoke", "--out",
            str(out), "--data", str(fake_data_dir), "--no-progress", "--jobs", "2", "--set", *fixed]  # fmt: skip
@@ -186,11 +192,11 @@ def test_killed_driver_rerun_resumes_each_run_once(tmp_path, fake_data_dir):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     done_at_kill = len(list((out / "runs").glob("*/summary.json")))
-    assert 2 <= done_at_kill < 8, "the kill should land mid-sweep"
+    assert 2 <= done_at_kill < 4, "the kill should land mid-sweep"
     time.sleep(3)  # orphaned workers got SIGTERM (PR_SET_PDEATHSIG): they checkpoint and exit
     assert subprocess.run(cmd, capture_output=True, text=True, timeout=400).returncode == 0
     got = rows(out)
-    assert len(got) == 8 and len({r["run"] for r in got}) == 8 and {r["status"] for r in got} == {"done"}
+    assert len(got) == 4 and len({r["run"] for r in got}) == 4 and {r["status"] for r in got} == {"done"}
     assert sweep_cli(ref, fake_data_dir, "--jobs", "2", grid=grid, fixed=fixed) == 0
     assert results(out) == results(ref)
 
