@@ -190,6 +190,13 @@ def sweep() -> str:
                 f"- {what}, measured / predicted over {t['cells']} cells: **{t['ratio']:.3f}**, 95% CI "
                 f"[{t['ci'][0]:.3f}, {t['ci'][1]:.3f}]: **{t['verdict']}** (band ±{100 * t['band']:.0f}%)"
             )
+    il = summ.get("theory", {}).get("intrinsic_lr", {})
+    if "p" in il:
+        lines.append(
+            f"- final test accuracy: lr·wd alone explains {100 * il['eta2_product']:.0f}% of its variance over the "
+            f"{il['runs']} runs, the {il['cells']} cells {100 * il['eta2_cell']:.0f}%; between cells of equal lr·wd, "
+            f"F({il['df'][0]}, {il['df'][1]}) = {il['F']:.2f}, p = {il['p']:.2f}: **{il['verdict']}** at these seeds"
+        )
     return "\n".join(lines)
 
 

@@ -398,7 +398,8 @@ def summarize(
             wall_s = json.loads((out / "summary.json").read_text()).get("wall_s")
         except ValueError:
             wall_s = None
-    summary = {"grid": grid, "wall_s": wall_s, "runs": rows, "cells": cells, "theory": theory_check(cells)}
+    theory = {**theory_check(cells), **intrinsic_lr_check(rows, grid)}
+    summary = {"grid": grid, "wall_s": wall_s, "runs": rows, "cells": cells, "theory": theory}
     from .runs import jsonable
 
     atomic_write(out / "summary.json", json.dumps(jsonable(summary), indent=1) + "\n")
@@ -431,6 +432,52 @@ def theory_check(cells: list[dict], band: float = 0.1) -> dict:
         verdict = "agrees" if 1 - band <= lo and hi <= 1 + band else ("disagrees" if lo > 1 or hi < 1 else "undecided")
         out[name] = {"cells": len(logs), "ratio": math.exp(mu), "ci": [lo, hi], "band": band, "verdict": verdict}
     return out
+
+
+def intrinsic_lr_check(rows: list[dict], grid: dict) -> dict:
+    """Does final test accuracy depend on (lr, wd) only through lr * wd? Over the finished runs
+    (seeds as replicates), a nested F test of "cells with equal lr * wd differ" against the
+    within-cell (seed) spread, and the share of the accuracy variance that lr * wd explains
+    (eta^2) next to the share the cells explain. Empty unless the grid has lr and a weight decay."""
+    wd = next((k for k in ("conv_weight_decay", "weight_decay") if k in grid), None)
+    done = [r for r in rows if r["status"] == "done" and r.get("final_test_acc") is not None]
+    if "lr" not in grid or wd is None or len(done) < 3:
+        return {}
+    from scipy.stats import f as f_dist
+
+    def key_cell(r):
+        return tuple(r[k] for k in grid)
+
+    def key_prod(r):
+        return round(math.log(r["lr"] * r[wd]), 9)
+
+    y = [r["final_test_acc"] for r in done]
+    mean = sum(y) / len(y)
+
+    def ss_between(key):
+        groups: dict[Any, list[float]] = {}
+        for r in done:
+            groups.setdefault(key(r), []).append(r["final_test_acc"])
+        return sum(len(g) * (sum(g) / len(g) - mean) ** 2 for g in groups.values()), len(groups)
+
+    ss_tot = sum((v - mean) ** 2 for v in y)
+    ss_prod, n_prod = ss_between(key_prod)
+    ss_cell, n_cell = ss_between(key_cell)
+    df_nested, df_within = n_cell - n_prod, len(done) - n_cell
+    out: dict[str, Any] = {
+        "products": n_prod,
+        "cells": n_cell,
+        "runs": len(done),
+        "eta2_product": ss_prod / ss_tot if ss_tot > 0 else None,
+        "eta2_cell": ss_cell / ss_tot if ss_tot > 0 else None,
+    }
+    if df_nested > 0 and df_within > 0 and ss_tot > ss_cell:
+        F = ((ss_cell - ss_prod) / df_nested) / ((ss_tot - ss_cell) / df_within)
+        out.update(F=F, df=[df_nested, df_within], p=float(f_dist.sf(F, df_nested, df_within)))
+        out["verdict"] = (
+            "cells of equal lr*wd differ" if out["p"] < 0.05 else "no difference detected between cells of equal lr*wd"
+        )
+    return {"intrinsic_lr": out}
 
 
 def _csv(v: Any) -> str:
