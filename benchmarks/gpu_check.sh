@@ -95,11 +95,11 @@ cat "$OUT/env.txt"
 DATA=$WORK/data
 DATA_DESC=
 if [[ -f $PACK/manifest.json ]]; then
-	run "$(cap 120 300)" "$PY" benchmarks/pack_data.py unpack "$PACK" --out "$DATA" && DATA_DESC="pack $PACK (verified)"
+	run "$(cap 120 150)" "$PY" benchmarks/pack_data.py unpack "$PACK" --out "$DATA" && DATA_DESC="pack $PACK (verified)"
 fi
 if [[ ! -f $DATA/cifar-10-python.tar.gz ]]; then
 	say "no usable pack in $PACK: FALLBACK to $N_TRAIN + $N_TEST synthetic images (timing only, accuracies meaningless)"
-	run "$(cap 120 300)" "$PY" benchmarks/pack_data.py synth --out "$DATA" --n-train "$N_TRAIN" --n-test "$N_TEST"
+	run "$(cap 120 150)" "$PY" benchmarks/pack_data.py synth --out "$DATA" --n-train "$N_TRAIN" --n-test "$N_TEST"
 	DATA_DESC="synthetic $N_TRAIN/$N_TEST (fallback)"
 fi
 

@@ -320,3 +320,22 @@ def test_compile_auto_is_eager_on_cpu(tmp_path, fake_data):
     """compile=auto compiles on CUDA only (config.Config.compile): on CPU the forward is the model."""
     t = T.Trainer(cfg(), tmp_path / "r", dataset=fake_data, progress=False)
     assert t.forward is t.model
+
+
+def test_compile_auto_failure_falls_back_to_eager(tmp_path, fake_data, monkeypatch):
+    """compile=auto: a forward that fails to compile (here: raises at its first call, as a compile
+    error does) is replaced by the eager model with a warning, and the run equals an eager run."""
+    for d in ("ref", "r"):
+        (tmp_path / d).mkdir()
+    t = T.Trainer(cfg(compile="off"), tmp_path / "ref", dataset=fake_data, progress=False)
+    ref = t.run()
+    t = T.Trainer(cfg(compile="auto"), tmp_path / "r", dataset=fake_data, progress=False)
+
+    def broken(x):
+        raise RuntimeError("inductor: simulated compile failure")
+
+    t.forward, t.compile_auto = broken, True
+    with pytest.warns(UserWarning, match="simulated compile failure"):
+        s = t.run()
+    assert t.forward is t.model and s["final_test_acc"] == ref["final_test_acc"]
+    assert metrics(tmp_path / "r") == metrics(tmp_path / "ref")

@@ -276,6 +276,17 @@ class Trainer:
         self.forward = self.model
         self.compile_auto = False
 
+    def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward of an evaluation batch: its graph compiles at the first evaluation, and under
+        compile=auto a failure there also falls back to eager."""
+        if self.forward is self.model or not self.compile_auto:
+            return self.forward(x)
+        try:
+            return self.forward(x)
+        except Exception as e:  # a compile error of the eval graph
+            self._eager_fallback(e)
+            return self.model(x)
+
     # ------------------------------------------------------------ state
     def state(self) -> dict:
         return {
@@ -379,7 +390,7 @@ class Trainer:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self.forward(x).float()
+                logits = self._eval_forward(x).float()
             n = torch.tensor(float(len(y)), dtype=torch.float64, device=self.device)
             loss = F.cross_entropy(logits, y, reduction="sum").double()
             tot += torch.stack([loss, (logits.argmax(1) == y).sum().double(), n])
