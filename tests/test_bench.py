@@ -119,7 +119,8 @@ def test_bench_compile_failure_falls_back_to_eager(monkeypatch, capsys, threads_
 
 def test_bench_compile_on_times_eager_and_compiled_side_by_side(monkeypatch, capsys, threads_restored):
     """--compile on adds a `plain+compile` configuration, timed interleaved with eager, with its
-    one-time compile cost and speed-up over eager; the top-level numbers are the compiled ones.
+    one-time compile cost and speed-up over eager; the top-level numbers are the fastest
+    configuration's (Monitor on).
     (torch.compile is replaced by a pass-through: a real compile takes minutes on a 2-core CPU.)"""
     import torch
 
@@ -137,11 +138,13 @@ def test_bench_compile_on_times_eager_and_compiled_side_by_side(monkeypatch, cap
         eval_batches=1,
         compile_probe_on=False,
     )
-    assert list(res["configs"]) == ["plain", "plain+compile"] and res["primary"] == "plain+compile"
+    assert list(res["configs"]) == ["plain", "plain+compile"]
+    fastest = max(res["configs"], key=lambda n: res["configs"][n]["img_per_s_with_monitor"])
+    assert res["primary"] == fastest and res["train_img_per_s"] == res["configs"][fastest]["img_per_s_with_monitor"]
     c = res["configs"]["plain+compile"]
     assert c["compiled"] and c["compile_s"] >= 0 and c["compile_eval_s"] >= 0
     assert c["speedup_vs_eager"] == pytest.approx(res["configs"]["plain"]["ms_per_step"] / c["ms_per_step"])
-    assert res["compile_s"] == c["compile_s"] and res["train_img_per_s"] == c["img_per_s_with_monitor"]
+    assert res["compile_s"] == c["compile_s"]
     assert "timing plain and plain+compile: train with and without monitor" in capsys.readouterr().err
 
 
