@@ -88,11 +88,26 @@ def test_bench_times_plain_only_on_cpu_by_default(tiny_json):
     assert "timing plain: eval (1 batches of 8)" in err
 
 
+def tiny_compiled_bench(steps: int, compile_probe_on: bool = False) -> dict:
+    """`bnwd bench --compile on` at the smallest sizes (width 4, batch 8, one thread)."""
+    from bnwd.bench import bench
+
+    return bench(
+        device="cpu",
+        batch_size=8,
+        steps=steps,
+        width=4,
+        threads=1,
+        compile="on",
+        eval_batch_size=8,
+        eval_batches=1,
+        compile_probe_on=compile_probe_on,
+    )
+
+
 def test_bench_compile_failure_falls_back_to_eager(monkeypatch, capsys, threads_restored):
     """If torch.compile fails, one line says so and the eager numbers are still reported."""
     import torch
-
-    from bnwd.bench import bench
 
     def broken(model, **kw):
         def fail(*a, **k):
@@ -101,17 +116,7 @@ def test_bench_compile_failure_falls_back_to_eager(monkeypatch, capsys, threads_
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
-    res = bench(
-        device="cpu",
-        batch_size=8,
-        steps=1,
-        width=4,
-        threads=1,
-        compile="on",
-        eval_batch_size=8,
-        eval_batches=1,
-        compile_probe_on=False,
-    )
+    res = tiny_compiled_bench(steps=1)
     assert list(res["configs"]) == ["plain"] and "RuntimeError: no C compiler second line" in res["compile"]["error"]
     err = capsys.readouterr().err
     assert err.count("torch.compile failed") == 1 and "continuing with eager" in err
@@ -124,20 +129,8 @@ def test_bench_compile_on_times_eager_and_compiled_side_by_side(monkeypatch, cap
     (torch.compile is replaced by a pass-through: a real compile takes minutes on a 2-core CPU.)"""
     import torch
 
-    from bnwd.bench import bench
-
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
-    res = bench(
-        device="cpu",
-        batch_size=8,
-        steps=2,
-        width=4,
-        threads=1,
-        compile="on",
-        eval_batch_size=8,
-        eval_batches=1,
-        compile_probe_on=False,
-    )
+    res = tiny_compiled_bench(steps=2)
     assert list(res["configs"]) == ["plain", "plain+compile"]
     fastest = max(res["configs"], key=lambda n: res["configs"][n]["img_per_s_with_monitor"])
     assert res["primary"] == fastest and res["train_img_per_s"] == res["configs"][fastest]["img_per_s_with_monitor"]
@@ -156,9 +149,7 @@ def test_bench_compile_probe_crash_falls_back_to_eager(monkeypatch, capsys, thre
     monkeypatch.setattr(
         B, "_PROBE_CODE", "import os, sys; print('double free or corruption', file=sys.stderr); os.abort()"
     )
-    res = B.bench(
-        device="cpu", batch_size=8, steps=1, width=4, threads=1, compile="on", eval_batch_size=8, eval_batches=1
-    )
+    res = tiny_compiled_bench(steps=1, compile_probe_on=True)
     assert list(res["configs"]) == ["plain"]
     assert (
         res["compile"]["error"] == "compiled step crashed with SIGABRT in a child process (double free or corruption)"

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import augment, standardize
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 from .models import resnet20
 from .optim import make_optimizer, param_groups
 
@@ -66,11 +66,6 @@ ARTICLE_SAMPLE_EVERY = 97
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    msg = " ".join(str(e).split())
-    return f"{type(e).__name__}: {msg[:limit]}{'...' if len(msg) > limit else ''}"
 
 
 def cpu_model() -> str:
@@ -511,8 +506,8 @@ def bench(
                 names.append(name)
             except Exception as e:
                 del setups[1:], firsts[1:]
-                res["compile"]["error"] = _one_line(e)
-                print(f"bnwd bench: torch.compile failed ({_one_line(e)}); continuing with eager", file=sys.stderr)
+                res["compile"]["error"] = one_line(e)
+                print(f"bnwd bench: torch.compile failed ({one_line(e)}); continuing with eager", file=sys.stderr)
         what = (
             f"{' and '.join(names)}: train with and without monitor, interleaved "
             f"({steps} steps each of batch {batch_size})"
@@ -528,8 +523,8 @@ def bench(
         except Exception as e:
             if len(setups) == 1:
                 raise
-            res["compile"]["error"] = _one_line(e)
-            print(f"bnwd bench: torch.compile failed ({_one_line(e)}); continuing with eager", file=sys.stderr)
+            res["compile"]["error"] = one_line(e)
+            print(f"bnwd bench: torch.compile failed ({one_line(e)}); continuing with eager", file=sys.stderr)
             names, setups, trs, firsts = names[:1], setups[:1], trs[:1], firsts[:1]
             evs = time_eval(setups, eval_batches)
         for k, name in enumerate(names):

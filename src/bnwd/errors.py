@@ -7,6 +7,12 @@ their argument (a path) was fine, the files it names are missing, corrupt or hos
 """
 
 
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """`Type: message` of an exception on one line (whitespace collapsed), cut at `limit` characters."""
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:limit]}{'...' if len(msg) > limit else ''}"
+
+
 class BnwdError(Exception):
     """A problem the user can fix; the CLI prints `bnwd: <message>` and exits with `exit_code`."""
 

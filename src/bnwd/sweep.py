@@ -16,6 +16,8 @@ the per-layer predictions from their measured grad_sq_unit (`theory.sgd_equilibr
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import math
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as C
-from .errors import BnwdError, ConfigError
+from .errors import BnwdError, ConfigError, one_line
 
 MAX_RUNS = 10_000  # above this a grid needs --yes
 SWEEP_FILE = "sweep.json"
@@ -147,12 +149,15 @@ def run_spec(spec: RunSpec, out: str, data: str | None) -> dict:
     return train(cfg, Path(out) / "runs" / spec.name, resume=True, progress=False, dataset=_DATA_CACHE[key])
 
 
-def _one_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {s[0][:300] if s else ''}".rstrip(": ")
-
-
 # ---------------------------------------------------------------- engines
+
+
+def _with_threads(specs: list[RunSpec], threads: int) -> list[RunSpec]:
+    """Each run with `threads` torch threads, unless its overrides set `threads`."""
+    return [
+        s if "threads" in s.overrides else RunSpec(s.name, s.preset, {**s.overrides, "threads": threads}, s.seed)
+        for s in specs
+    ]
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -182,21 +187,15 @@ def run_local(specs: list[RunSpec], out: Path, data: str | None, jobs: int, prog
                     break
                 except (BnwdError, RuntimeError, ValueError, OSError) as e:
                     if attempt == 2:
-                        record(spec, err=_one_line(e))
+                        record(spec, err=one_line(e))
     else:
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        specs = [
-            s if "threads" in s.overrides else RunSpec(s.name, s.preset, {**s.overrides, "threads": threads}, s.seed)
-            for s in specs
-        ]
+        specs = _with_threads(specs, max(1, (os.cpu_count() or 1) // jobs))
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_die_with_parent) as pool:
             pending = {pool.submit(run_spec, s, str(out), data): (s, 1) for s in specs}
             while pending:
-                from concurrent.futures import FIRST_COMPLETED, wait
-
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     spec, attempt = pending.pop(f)
@@ -206,7 +205,7 @@ def run_local(specs: list[RunSpec], out: Path, data: str | None, jobs: int, prog
                         if attempt == 1:
                             pending[pool.submit(run_spec, spec, str(out), data)] = (spec, 2)
                         else:
-                            record(spec, err=_one_line(e))
+                            record(spec, err=one_line(e))
     if bar is not None:
         bar.close()
     return results
@@ -268,7 +267,7 @@ def ray_map(
                 started = True
         except Exception as e:  # noqa: BLE001 - ray raises several types for an unreachable cluster
             if address:
-                raise ConfigError(f"cannot reach a Ray cluster at --address {address}: {_one_line(e)}") from None
+                raise ConfigError(f"cannot reach a Ray cluster at --address {address}: {one_line(e)}") from None
             raise
     try:
         task = ray.remote(max_retries=1, retry_exceptions=True, **resources)(fn)
@@ -282,7 +281,7 @@ def ray_map(
                 try:
                     results[refs[ref]] = {"status": "done", "result": ray.get(ref)}
                 except Exception as e:  # noqa: BLE001 - Ray wraps the task's exception
-                    results[refs[ref]] = {"status": "failed", "error": _one_line(getattr(e, "cause", None) or e)}
+                    results[refs[ref]] = {"status": "failed", "error": one_line(getattr(e, "cause", None) or e)}
                 if bar is not None:
                     bar.update(1)
         if bar is not None:
@@ -302,11 +301,7 @@ def run_ray(
     progress: bool,
 ) -> dict[str, dict]:
     """One Ray task per run (`ray_map`), torch threads = its num_cpus unless `threads=` is set."""
-    threads = max(1, int(resources["num_cpus"]))
-    specs = [
-        s if "threads" in s.overrides else RunSpec(s.name, s.preset, {**s.overrides, "threads": threads}, s.seed)
-        for s in specs
-    ]
+    specs = _with_threads(specs, max(1, int(resources["num_cpus"])))
     res = ray_map(run_spec, {s.name: (s, str(out), data) for s in specs}, address, resources, progress, "sweep (ray)")
     return {k: ({"status": "done", **v["result"]} if v["status"] == "done" else v) for k, v in res.items()}
 
@@ -329,10 +324,11 @@ def equilibrium_point(run) -> dict[str, float | None]:
     if cfg.get("optimizer", "sgd") != "sgd" or not wd or not run.rows:
         return out
     ms = cfg.get("lr_milestones") or [cfg.get("epochs", 0)]
-    rows = [r for r in run.rows if r["epoch"] <= ms[0] + 1e-9 and "rel_step_conv" in r]
-    if not rows:
+    stage1 = [i for i, r in enumerate(run.rows) if r["epoch"] <= ms[0] + 1e-9 and "rel_step_conv" in r]
+    if not stage1:
         return out
-    r = rows[-1]
+    i = stage1[-1]
+    r = run.rows[i]
     lr, mu = cfg["lr"], cfg["momentum"]
     out["rel_step_measured"] = r.get("rel_step_conv")
     out["rel_step_predicted"] = sgd_equilibrium(lr, wd, mu)["relative_step"]
@@ -341,7 +337,6 @@ def equilibrium_point(run) -> dict[str, float | None]:
 
     eq = equilibrium_sqsum(run)  # per sample point, from the measured grad_sq_unit of each layer
     if eq is not None:
-        i = max(j for j, row in enumerate(run.rows) if row is r)
         out["conv_sqsum_predicted"] = float(eq[i]) if math.isfinite(eq[i]) else None
     return out
 
@@ -404,8 +399,11 @@ def summarize(
 
     atomic_write(out / "summary.json", json.dumps(jsonable(summary), indent=1) + "\n")
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    lines = [",".join(cols)] + [",".join(_csv(r.get(c)) for c in cols) for r in rows]
-    atomic_write(out / "summary.csv", "\n".join(lines) + "\n")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    w.writerows([_csv(r.get(c)) for c in cols] for r in rows)
+    atomic_write(out / "summary.csv", buf.getvalue())
     return summary
 
 
@@ -481,10 +479,7 @@ def intrinsic_lr_check(rows: list[dict], grid: dict) -> dict:
 
 
 def _csv(v: Any) -> str:
-    if v is None:
-        return ""
-    s = f"{v:.6g}" if isinstance(v, float) else str(v)
-    return f'"{s}"' if ("," in s or '"' in s) else s
+    return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 # ---------------------------------------------------------------- entry

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import config as C
 from .data import Cifar10, TrainLoader, load_cifar10, test_batches
-from .errors import BnwdError, CheckpointError, ConfigError, DivergenceError
+from .errors import BnwdError, CheckpointError, ConfigError, DivergenceError, one_line
 from .models import resnet
 from .monitor import Monitor
 from .optim import article_epoch, article_piecewise, lr_factor, make_optimizer, param_groups, step_lr
@@ -271,8 +271,7 @@ class Trainer:
 
     def _eager_fallback(self, e: Exception) -> None:
         """compile=auto: a model that fails to compile trains eagerly, with a warning."""
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        warnings.warn(f"torch.compile failed ({type(e).__name__}: {first}); training eagerly", stacklevel=2)
+        warnings.warn(f"torch.compile failed ({one_line(e, 200)}); training eagerly", stacklevel=2)
         self.forward = self.model
         self.compile_auto = False
 
@@ -360,7 +359,7 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.model.train()
-        if self.forward is not self.model and getattr(self, "cudagraphs", False):
+        if self.forward is not self.model and self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are dead
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
