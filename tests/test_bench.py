@@ -68,7 +68,7 @@ def test_bench_json_out_file_matches_stdout(tiny_json):
 def test_bench_img_per_s_matches_ms_per_step(tiny_json):
     """Every img/s figure is batch / (ms per step or batch / 1000), and the overhead is t_with / t_without - 1."""
     res = json.loads(tiny_json[1].strip().splitlines()[-1])
-    r = res["configs"]["plain"]
+    r = res["configs"]["channels_last"]
     assert r["img_per_s"] == pytest.approx(8 / (r["ms_per_step"] / 1e3))
     assert r["img_per_s_with_monitor"] == pytest.approx(8 / (r["ms_per_step_with_monitor"] / 1e3))
     assert r["eval_img_per_s"] == pytest.approx(8 / (r["eval_ms_per_batch"] / 1e3))
@@ -77,15 +77,15 @@ def test_bench_img_per_s_matches_ms_per_step(tiny_json):
     assert res["train_img_per_s_no_monitor"] == r["img_per_s"]
 
 
-def test_bench_times_plain_only_on_cpu_by_default(tiny_json):
-    """On CPU the default bench times NCHW only, eager (channels_last backward hangs on some x86
-    CPUs; compile auto = off on CPU), and announces each phase on stderr before timing it."""
+def test_bench_times_training_layout_on_cpu_by_default(tiny_json):
+    """On CPU the default bench times training's layout (channels_last) only, eager (compile
+    auto = off on CPU), and announces each phase on stderr before timing it."""
     _, _, err, _ = tiny_json
     res = json.loads(tiny_json[1].strip().splitlines()[-1])
-    assert list(res["configs"]) == ["plain"] and res["primary"] == "plain"
+    assert list(res["configs"]) == ["channels_last"] and res["primary"] == "channels_last"
     assert res["compile"]["enabled"] is False
-    assert "timing plain: train with and without monitor, interleaved (2 steps each of batch 8)" in err
-    assert "timing plain: eval (1 batches of 8)" in err
+    assert "timing channels_last: train with and without monitor, interleaved (2 steps each of batch 8)" in err
+    assert "timing channels_last: eval (1 batches of 8)" in err
 
 
 def tiny_compiled_bench(steps: int, compile_probe_on: bool = False) -> dict:
@@ -117,13 +117,16 @@ def test_bench_compile_failure_falls_back_to_eager(monkeypatch, capsys, threads_
 
     monkeypatch.setattr(torch, "compile", broken)
     res = tiny_compiled_bench(steps=1)
-    assert list(res["configs"]) == ["plain"] and "RuntimeError: no C compiler second line" in res["compile"]["error"]
+    assert (
+        list(res["configs"]) == ["channels_last"]
+        and "RuntimeError: no C compiler second line" in res["compile"]["error"]
+    )
     err = capsys.readouterr().err
     assert err.count("torch.compile failed") == 1 and "continuing with eager" in err
 
 
 def test_bench_compile_on_times_eager_and_compiled_side_by_side(monkeypatch, capsys, threads_restored):
-    """--compile on adds a `plain+compile` configuration, timed interleaved with eager, with its
+    """--compile on adds a `channels_last+compile` configuration, timed interleaved with eager, with its
     one-time compile cost and speed-up over eager; the top-level numbers are the fastest
     configuration's (Monitor on).
     (torch.compile is replaced by a pass-through: a real compile takes minutes on a 2-core CPU.)"""
@@ -131,14 +134,14 @@ def test_bench_compile_on_times_eager_and_compiled_side_by_side(monkeypatch, cap
 
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
     res = tiny_compiled_bench(steps=2)
-    assert list(res["configs"]) == ["plain", "plain+compile"]
+    assert list(res["configs"]) == ["channels_last", "channels_last+compile"]
     fastest = max(res["configs"], key=lambda n: res["configs"][n]["img_per_s_with_monitor"])
     assert res["primary"] == fastest and res["train_img_per_s"] == res["configs"][fastest]["img_per_s_with_monitor"]
-    c = res["configs"]["plain+compile"]
+    c = res["configs"]["channels_last+compile"]
     assert c["compiled"] and c["compile_s"] >= 0 and c["compile_eval_s"] >= 0
-    assert c["speedup_vs_eager"] == pytest.approx(res["configs"]["plain"]["ms_per_step"] / c["ms_per_step"])
+    assert c["speedup_vs_eager"] == pytest.approx(res["configs"]["channels_last"]["ms_per_step"] / c["ms_per_step"])
     assert res["compile_s"] == c["compile_s"]
-    assert "timing plain and plain+compile: train with and without monitor" in capsys.readouterr().err
+    assert "timing channels_last and channels_last+compile: train with and without monitor" in capsys.readouterr().err
 
 
 def test_bench_compile_probe_crash_falls_back_to_eager(monkeypatch, capsys, threads_restored):
@@ -150,7 +153,7 @@ def test_bench_compile_probe_crash_falls_back_to_eager(monkeypatch, capsys, thre
         B, "_PROBE_CODE", "import os, sys; print('double free or corruption', file=sys.stderr); os.abort()"
     )
     res = tiny_compiled_bench(steps=1, compile_probe_on=True)
-    assert list(res["configs"]) == ["plain"]
+    assert list(res["configs"]) == ["channels_last"]
     assert (
         res["compile"]["error"] == "compiled step crashed with SIGABRT in a child process (double free or corruption)"
     )

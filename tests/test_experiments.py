@@ -28,6 +28,10 @@ def test_reproduce_smoke_writes_everything(tmp_path, fake_data_dir, capsys):
             "--exact",
             "train_subset=0",
             "test_subset=0",
+            # NCHW: oneDNN's channels_last BN kernel on CPU computes batch statistics ~40x less
+            # precisely (4.8e-5 vs 1.2e-6 max error, mean/std = 6), which the chaotic training
+            # amplifies to 1.3e-3 in loss by the end; here we test the transform, not the kernel.
+            "channels_last=off",
         ]
     )
     assert rc == 0, capsys.readouterr().err
@@ -78,6 +82,7 @@ def test_reproduce_smoke_writes_everything(tmp_path, fake_data_dir, capsys):
                 "--exact",
                 "train_subset=0",
                 "test_subset=0",
+                "channels_last=off",
             ]
         )
         == 0

@@ -69,3 +69,39 @@ def test_conv_numels_without_a_model(depth, width):
 
     m = resnet(depth, width=width)
     assert conv_numels(depth, width) == {n: p.numel() for n, p in m.named_parameters() if p.dim() == 4}
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_pointwise_conv_equals_strided_conv(fmt):
+    """A 1x1 conv at stride 2 is the same conv at stride 1 on x[:, :, ::2, ::2]: PointwiseConv's
+    output and its gradients (input and weight) equal nn.Conv2d's, in both layouts."""
+    from bnwd.models import PointwiseConv
+
+    torch.manual_seed(0)
+    a = PointwiseConv(8, 16, 1, stride=2, bias=False).to(memory_format=fmt)
+    b = torch.nn.Conv2d(8, 16, 1, stride=2, bias=False)
+    b.weight.data.copy_(a.weight.data)
+    x = torch.randn(4, 8, 15, 15)  # odd size: the last row and column are kept by both
+    xa = x.clone().contiguous(memory_format=fmt).requires_grad_()
+    xb = x.clone().requires_grad_()
+    ya, yb = a(xa), b(xb)
+    assert ya.shape == yb.shape == (4, 16, 8, 8)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(yb)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.weight.grad, b.weight.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_shortcut_backward_does_not_hang():
+    """The channels_last backward of bnwd's 1x1 stride-2 shortcut + BN finishes in a child
+    process (oneDNN's strided 1x1 kernel, which hangs on some AVX2 CPUs, is never called)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "channels_last_hang.py"
+    spec = importlib.util.spec_from_file_location("channels_last_hang", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.run(threads=2, k=1, stride=2, timeout=60.0, bnwd=True) == "ok"

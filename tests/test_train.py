@@ -297,8 +297,11 @@ def test_cli_corrupt_archive_one_line_error(tmp_path, capsys):
 @pytest.mark.timeout(600)
 def test_compiled_step_matches_eager(tmp_path, fake_data):
     """compile=on runs the same maths as eager: over a few steps (lr_scaled, so the shadow BN
-    hooks and the article factor run too) the metrics agree to float tolerance."""
+    hooks and the article factor run too) the metrics agree to float tolerance. In NCHW: eager
+    channels_last BN on CPU has ~40x the rounding error of NCHW's (and of the compiled BN), so
+    the two would part by 0.6% in a gradient norm after a few steps for reasons of kernels, not maths."""
     kw = dict(
+        channels_last="off",
         variant="lr_scaled",
         lr_scaling="article",
         epochs=0.5,

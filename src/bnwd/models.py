@@ -28,10 +28,26 @@ def variance_scaling_(w: torch.Tensor) -> torch.Tensor:
         return nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std)
 
 
+class PointwiseConv(nn.Conv2d):
+    """A 1x1 conv. At stride s on CPU it convolves every s-th pixel at stride 1: the same function.
+
+    Why: oneDNN's channels_last backward of a strided 1x1 conv hangs or segfaults on some AVX2
+    CPUs (`benchmarks/channels_last_hang.py`); the stride-1 kernel does not, and channels_last
+    is the faster layout for the 3x3 convs. Same parameters, state dict and hooks as nn.Conv2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        if x.device.type != "cpu" or (sh, sw) == (1, 1):
+            return super().forward(x)
+        return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)
+
+
 def conv(cin: int, cout: int, k: int, stride: int) -> nn.Conv2d:
     # TF conv2d_fixed_padding: 'SAME' at stride 1, explicit (k-1)//2 pad at stride 2;
     # both equal PyTorch padding=(k-1)//2 for odd k (3x3 -> 1, 1x1 -> 0).
-    c = nn.Conv2d(cin, cout, k, stride=stride, padding=(k - 1) // 2, bias=False)
+    cls = PointwiseConv if k == 1 else nn.Conv2d
+    c = cls(cin, cout, k, stride=stride, padding=(k - 1) // 2, bias=False)
     variance_scaling_(c.weight)
     return c
 

@@ -184,11 +184,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         cuda = self.device.type == "cuda"
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and cuda)  # see config.Config.amp
-        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
-        if self.channels_last and not cuda:
-            from .bench import HANG_HINT
-
-            warnings.warn(f"channels_last=on on CPU: {HANG_HINT}", stacklevel=2)
+        self.channels_last = cfg.channels_last != "off"  # see config.Config.channels_last
 
         ds = dataset if dataset is not None else load_cifar10(data)
         if cfg.train_subset or cfg.test_subset:
