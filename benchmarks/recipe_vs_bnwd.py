@@ -9,7 +9,7 @@ min / median / max img/s of each and the ratio of the medians (bnwd / recipe).
 The standard recipe (as in the PyTorch CIFAR-10 tutorial and kuangliu/pytorch-cifar): a Dataset
 of 32x32x3 uint8 images with per-image transforms RandomCrop(32, padding=4),
 RandomHorizontalFlip(), ToTensor(), Normalize(mean, std); DataLoader(batch_size=128,
-shuffle=True, num_workers=2); the same ResNet-20 (`bnwd.models.resnet20(width=16)`);
+shuffle=True, num_workers=2); the same ResNet-20 (`bnwd.models.resnet20(width=16)`, all convs nn.Conv2d, NCHW);
 SGD(lr=0.1, momentum=0.9, weight_decay=2e-4) on all parameters; eager fp32; img/s = images /
 wall time of `--recipe-steps` steps after `--recipe-warmup` (data loading included, as a
 training loop sees it). With torchvision importable its transforms run on PIL images (as its
@@ -148,7 +148,7 @@ def run_recipe(args) -> dict:
     import torch.nn as nn
     from torch.utils.data import DataLoader
 
-    from bnwd.models import resnet20
+    from bnwd.models import PointwiseConv, resnet20
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,6 +158,9 @@ def run_recipe(args) -> dict:
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers)
     torch.manual_seed(0)
     model = resnet20(width=args.width)
+    for m in model.modules():  # the user's plain nn.Conv2d for the 1x1 shortcuts too (bnwd's PointwiseConv
+        if type(m) is PointwiseConv:  # exists for its channels_last path; same function)
+            m.__class__ = torch.nn.Conv2d
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
     crit = nn.CrossEntropyLoss()
     model.train()

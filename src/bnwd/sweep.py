@@ -124,7 +124,7 @@ def check_or_write_record(out: Path, rec: dict, force: bool) -> None:
 _DATA_CACHE: dict[str, Any] = {}
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Pool workers get SIGTERM when the driver dies (Linux): the trainer then checkpoints and stops,
     so a rerun of the sweep never finds a run still being written by an orphan."""
     if sys.platform.startswith("linux"):
@@ -193,7 +193,7 @@ def run_local(specs: list[RunSpec], out: Path, data: str | None, jobs: int, prog
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         specs = _with_threads(specs, max(1, (os.cpu_count() or 1) // jobs))
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_die_with_parent) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool:
             pending = {pool.submit(run_spec, s, str(out), data): (s, 1) for s in specs}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)

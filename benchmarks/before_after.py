@@ -1,0 +1,96 @@
+"""Same training, two versions of bnwd, side by side: the wall time of `bnwd train` before and after.
+
+    python benchmarks/before_after.py --before 362d862 --data ../shared/data \\
+        --preset cpu --variant baseline --set epochs=0.69 lr_milestones=0.23,0.46
+
+Checks out `--before` (a git revision) into a temporary worktree, then runs `bnwd train` with the
+same arguments from that tree and from this one, alternating (`--repeats` times each, before
+first), each in its own process on the same machine. Prints each run's wall time (process start
+to exit, data loading and evaluations included) and the training's own `wall_s` from
+summary.json, min / median / max of each side, and the ratio of the medians (before / after,
+so > 1 means faster now). Pass `--set` overrides to shrink the run: a fraction of the `cpu`
+preset's epochs with its milestones scaled alike keeps its evaluation cadence per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_once(src: Path, out: Path, a: argparse.Namespace) -> dict:
+    cmd = [sys.executable, "-m", "bnwd", "train", "--preset", a.preset, "--variant", a.variant]
+    cmd += ["--out", str(out), "--no-progress", "--device", "cpu"] + (["--data", a.data] if a.data else [])
+    cmd += a.set
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    t = time.perf_counter()
+    p = subprocess.run(cmd, env=env, cwd=src.parent, capture_output=True, text=True, timeout=a.timeout)
+    wall = time.perf_counter() - t
+    if p.returncode:
+        raise SystemExit(f"before_after: `{' '.join(cmd)}` failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
+    summ = json.loads((out / "summary.json").read_text())
+    return {"process_s": wall, "train_wall_s": summ.get("wall_s"), "test_acc": summ.get("final_test_acc")}
+
+
+def stats(xs: list[float]) -> str:
+    return f"{min(xs):7.1f} / {statistics.median(xs):7.1f} / {max(xs):7.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", required=True, help="git revision to compare against (e.g. a commit hash)")
+    ap.add_argument("--data", default=None, help="CIFAR-10 folder")
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--variant", default="baseline")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for both")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each, alternating")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
+    ap.add_argument("--json-out", default=None, help="also write every number here")
+    a = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="bnwd_before_after_"))
+    tree = tmp / "before"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), a.before], check=True)
+    rev = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    now = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True)
+    names = {
+        "before": f"{rev.stdout.strip()}",
+        "after": now.stdout.strip() + (" + uncommitted" if dirty.stdout else ""),
+    }
+    res: dict[str, list[dict]] = {"before": [], "after": []}
+    try:
+        for i in range(a.repeats):
+            for side, src in (("before", tree / "src"), ("after", ROOT / "src")):
+                print(f"[{i + 1}/{a.repeats}] {side} ({names[side]}) ...", flush=True)
+                r = run_once(src, tmp / f"{side}{i}", a)
+                res[side].append(r)
+                print(f"    {r['process_s']:.1f} s (training {r['train_wall_s']:.1f} s, test acc {r['test_acc']})")
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    cmd = " ".join(["python benchmarks/before_after.py", *(sys.argv[1:] if argv is None else argv)])
+    print(f"\n`{cmd}`: bnwd train --preset {a.preset} --variant {a.variant} {' '.join(a.set)}")
+    print(f"{'':26s} process s min / median / max   training s min / median / max")
+    for side in ("before", "after"):
+        p = [r["process_s"] for r in res[side]]
+        w = [r["train_wall_s"] for r in res[side]]
+        print(f"{side + ' (' + names[side] + ')':26s} {stats(p)}     {stats(w)}")
+    med = {s: statistics.median(r["process_s"] for r in res[s]) for s in res}
+    print(f"before / after, medians of process time: {med['before'] / med['after']:.2f}x")
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps({"command": cmd, "revisions": names, "runs": res}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
