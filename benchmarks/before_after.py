@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_once(src: Path, out: Path, a: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "bnwd", "train", "--preset", a.preset, "--variant", a.variant]
-    cmd += ["--out", str(out), "--no-progress", "--device", "cpu"] + (["--data", a.data] if a.data else [])
+    cmd += ["--out", str(out), "--no-progress", "--device", "cpu"] + (
+        ["--data", str(Path(a.data).resolve())] if a.data else []
+    )
     cmd += a.set
     env = {**os.environ, "PYTHONPATH": str(src)}
     t = time.perf_counter()
