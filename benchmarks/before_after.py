@@ -15,6 +15,7 @@ preset's epochs with its milestones scaled alike keeps its evaluation cadence pe
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shutil
@@ -26,6 +27,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from bnwd.bench import cpu_model  # noqa: E402
 
 
 def run_once(src: Path, out: Path, a: argparse.Namespace) -> dict:
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for both")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each, alternating")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
+    ap.add_argument("--out", default=None, help="also write the summary lines here (e.g. docs/before_after.txt)")
     ap.add_argument("--json-out", default=None, help="also write every number here")
     a = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bnwd_before_after_"))
@@ -81,14 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
     cmd = " ".join(["python benchmarks/before_after.py", *(sys.argv[1:] if argv is None else argv)])
-    print(f"\n`{cmd}`: bnwd train --preset {a.preset} --variant {a.variant} {' '.join(a.set)}")
-    print(f"{'':26s} process s min / median / max   training s min / median / max")
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"`{cmd}` on {when}, {cpu_model()}",
+        f"bnwd train --preset {a.preset} --variant {a.variant} {' '.join(a.set)}, {a.repeats} runs of each, alternating",
+        f"{'':26s} process s min / median / max   training s min / median / max",
+    ]
     for side in ("before", "after"):
         p = [r["process_s"] for r in res[side]]
         w = [r["train_wall_s"] for r in res[side]]
-        print(f"{side + ' (' + names[side] + ')':26s} {stats(p)}     {stats(w)}")
+        lines.append(f"{side + ' (' + names[side] + ')':26s} {stats(p)}     {stats(w)}")
     med = {s: statistics.median(r["process_s"] for r in res[s]) for s in res}
-    print(f"before / after, medians of process time: {med['before'] / med['after']:.2f}x")
+    lines.append(f"before / after, medians of process time: {med['before'] / med['after']:.2f}x")
+    print("\n" + "\n".join(lines))
+    if a.out:
+        Path(a.out).write_text("\n".join(lines) + "\n")
     if a.json_out:
         Path(a.json_out).write_text(json.dumps({"command": cmd, "revisions": names, "runs": res}, indent=1))
     return 0

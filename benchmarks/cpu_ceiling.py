@@ -10,7 +10,8 @@ In one process it measures:
 - the machine's fp32 matrix-multiply rate (`torch.mm` of 1024x1024 matrices, torch's threads),
   the practical peak of any fp32 convolution on it;
 - bnwd's step per layout (channels_last, plain; the Monitor off), with torch.profiler's time in
-  the oneDNN convolution kernels (forward and backward) apart from everything else.
+  the oneDNN convolution kernels (forward and backward) apart from everything else, and the
+  precision of that layout's batch norm (float32 against float64).
 
 It prints the step, the conv share, the GFLOP/s the convs reach, and two ceilings: a step with
 nothing but its convs (all of BN, ReLU, the optimizer and the data free), and a step whose every
@@ -21,6 +22,7 @@ what 2x the standard recipe's img/s would need in GFLOP/s.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
 import sys
@@ -35,7 +37,7 @@ _SRC = Path(__file__).resolve().parents[1] / "src"
 if _SRC.is_dir() and str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))
 
-from bnwd.bench import Setup  # noqa: E402
+from bnwd.bench import Setup, cpu_model  # noqa: E402
 from bnwd.models import resnet20  # noqa: E402
 
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")
@@ -89,6 +91,19 @@ def step_and_conv_ms(channels_last: bool, width: int, batch: int, steps: int) ->
     return statistics.median(ts) * 1e3, conv_us / steps / 1e3
 
 
+def bn_error(channels_last: bool) -> float:
+    """Max abs error of float32 training-mode batch norm against float64, on activations of
+    mean/std = 6 (128 x 16 x 32 x 32, unit-scale output)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 16, 32, 32, dtype=torch.float64, generator=g) * 0.5 + 3.0
+    ref = F.batch_norm(x, None, None, training=True, eps=1e-5)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y = F.batch_norm(x.float().contiguous(memory_format=fmt), None, None, training=True, eps=1e-5)
+    return float((y.double() - ref).abs().max())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=16)
@@ -102,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     b = a.batch_size
     flops = train_flops_per_image(a.width)
     peak = matmul_gflops()
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}"
-    )
+    cmd = " ".join(["python benchmarks/cpu_ceiling.py", *(sys.argv[1:] if argv is None else argv)])
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"`{cmd}` on {when}, {cpu_model()}")
+    cap = torch.backends.cpu.get_cpu_capability()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {cap}")
     print(f"ResNet-20 width {a.width}: {flops / 1e6:.1f} MFLOP per training image (convs + dense, fwd + bwd)")
     print(f"fp32 matmul (1024^3): {peak:.1f} GFLOP/s -> {peak * 1e9 / flops:.0f} img/s if every FLOP ran at that rate")
     for cl in (True, False):
@@ -115,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{conv / step:4.0%} of it, {flops * b / (conv / 1e3) / 1e9:5.1f} GFLOP/s; a step of convs only: "
             f"{b / conv * 1e3:4.0f} img/s"
         )
+        print(f"{'':13s}  batch norm vs float64 (mean/std = 6): max error {bn_error(cl):.1e}")
     if a.perf_json:
         rec = json.loads(Path(a.perf_json).read_text())["comparison"]["recipe"]["median"]
         need = 2 * rec * flops / 1e9

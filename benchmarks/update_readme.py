@@ -8,6 +8,8 @@ Blocks (between `<!-- NAME:start -->` and `<!-- NAME:end -->`):
             `bnwd plot runs/cpu/runs --out docs/cpu`, see docs/cpu/README.md)
   dimless   the dimensionless-numbers table of docs/cpu/report.md
   perf      docs/perf.md (written by `python benchmarks/recipe_vs_bnwd.py --out docs/perf.md`)
+  ceiling   docs/cpu_ceiling.txt (the output of `python benchmarks/cpu_ceiling.py`)
+  before_after  docs/before_after.txt (the output of `python benchmarks/before_after.py`)
   gpu       docs/gpu/call*/ (written on a lent GPU by `benchmarks/gpu_check.sh`, see docs/gpu/README.md)
   sweep     docs/sweep/summary.json and sweep.json (written by `bnwd sweep ... --out runs/sweep_cpu`,
             copied to docs/sweep by `bnwd sweep --plot`; see docs/sweep/README.md)
@@ -79,6 +81,20 @@ def dimless() -> str:
 def perf() -> str:
     lines = (ROOT / "docs" / "perf.md").read_text().strip().splitlines()
     return "\n".join(lines[1:] if lines and lines[0].startswith("# ") else lines).strip()
+
+
+def _text(name: str) -> str:
+    """A script's saved stdout, its first line (the command) as prose, the rest verbatim."""
+    lines = (ROOT / "docs" / name).read_text().strip().splitlines()
+    return f"Printed by {lines[0]}:\n\n```text\n" + "\n".join(lines[1:]) + "\n```"
+
+
+def ceiling() -> str:
+    return _text("cpu_ceiling.txt")
+
+
+def before_after() -> str:
+    return _text("before_after.txt")
 
 
 ARTICLE_IMAGES = 4 * 150 * 50_000  # the article's four runs of 150 epochs
@@ -200,7 +216,15 @@ def sweep() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"results": results, "dimless": dimless, "perf": perf, "gpu": gpu, "sweep": sweep}
+BLOCKS = {
+    "results": results,
+    "dimless": dimless,
+    "perf": perf,
+    "ceiling": ceiling,
+    "before_after": before_after,
+    "gpu": gpu,
+    "sweep": sweep,
+}
 
 
 def main() -> int:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -176,6 +177,22 @@ def test_ray_engine_matches_local(tmp_path, fake_data_dir, local_sweep):
     assert not ray.is_initialized()
 
 
+def children(pid: int) -> list[int]:
+    """Child processes of `pid` (Linux /proc), of all its threads."""
+    out = []
+    for f in Path(f"/proc/{pid}/task").glob("*/children"):
+        out += [int(x) for x in f.read_text().split()]
+    return out
+
+
+def alive(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 @pytest.mark.timeout(600)
 def test_killed_driver_rerun_resumes_each_run_once(tmp_path, fake_data_dir):
     """SIGKILL the driver mid-sweep (2 worker processes); the same command again finishes the sweep:
@@ -189,11 +206,16 @@ def test_killed_driver_rerun_resumes_each_run_once(tmp_path, fake_data_dir):
     deadline = time.time() + 240
     while time.time() < deadline and len(list((out / "runs").glob("*/summary.json"))) < 2:
         time.sleep(0.2)
+    kids = children(p.pid)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     done_at_kill = len(list((out / "runs").glob("*/summary.json")))
     assert 2 <= done_at_kill < 4, "the kill should land mid-sweep"
-    time.sleep(3)  # orphaned workers got SIGTERM (PR_SET_PDEATHSIG): they checkpoint and exit
+    # orphaned workers got SIGTERM (PR_SET_PDEATHSIG): they checkpoint and exit; idle ones exit too
+    deadline = time.time() + 60
+    while time.time() < deadline and any(alive(k) for k in kids):
+        time.sleep(0.2)
+    assert len(kids) >= 2 and not [k for k in kids if alive(k)], "worker processes outlived the driver"
     assert subprocess.run(cmd, capture_output=True, text=True, timeout=400).returncode == 0
     got = rows(out)
     assert len(got) == 4 and len({r["run"] for r in got}) == 4 and {r["status"] for r in got} == {"done"}

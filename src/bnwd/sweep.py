@@ -23,6 +23,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,17 +125,40 @@ def check_or_write_record(out: Path, rec: dict, force: bool) -> None:
 _DATA_CACHE: dict[str, Any] = {}
 
 
-def die_with_parent() -> None:
-    """Pool workers get SIGTERM when the driver dies (Linux): the trainer then checkpoints and stops,
-    so a rerun of the sweep never finds a run still being written by an orphan."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
+_BUSY = threading.Event()
 
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
+
+def die_with_parent() -> None:
+    """Pool workers end when the driver dies (Linux). A worker that is training gets SIGTERM
+    (PR_SET_PDEATHSIG): the trainer checkpoints and stops, so a rerun never finds a run still being
+    written by an orphan. A worker without a task then exits, within a second: once its parent is
+    gone the pool's queues never deliver again, and two such workers would wait on each other forever."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent or _BUSY.is_set():
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="bnwd-orphan-watch", daemon=True).start()
+
+
+def in_worker(fn, *args, **kw):
+    """Run `fn` in a pool worker, marked busy (see `die_with_parent`)."""
+    _BUSY.set()
+    try:
+        return fn(*args, **kw)
+    finally:
+        _BUSY.clear()
 
 
 def run_spec(spec: RunSpec, out: str, data: str | None) -> dict:
@@ -194,7 +218,7 @@ def run_local(specs: list[RunSpec], out: Path, data: str | None, jobs: int, prog
 
         specs = _with_threads(specs, max(1, (os.cpu_count() or 1) // jobs))
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool:
-            pending = {pool.submit(run_spec, s, str(out), data): (s, 1) for s in specs}
+            pending = {pool.submit(in_worker, run_spec, s, str(out), data): (s, 1) for s in specs}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
@@ -203,7 +227,7 @@ def run_local(specs: list[RunSpec], out: Path, data: str | None, jobs: int, prog
                         record(spec, f.result())
                     except Exception as e:  # noqa: BLE001 - a run's failure is data for the summary
                         if attempt == 1:
-                            pending[pool.submit(run_spec, spec, str(out), data)] = (spec, 2)
+                            pending[pool.submit(in_worker, run_spec, spec, str(out), data)] = (spec, 2)
                         else:
                             record(spec, err=one_line(e))
     if bar is not None:
