@@ -243,6 +243,7 @@ def bnwd_numbers(res: dict) -> dict:
         "img_per_s_median_step": res["train_img_per_s"],
         "img_per_s_no_monitor": res["train_img_per_s_no_monitor"],
         "monitor_overhead": res["monitor_overhead"],
+        "layout": res["primary"],
     }
 
 
@@ -255,6 +256,7 @@ def markdown(result: dict) -> str:
     nm = summarize([r["img_per_s_no_monitor"] for r in result["bnwd_runs"]])
     rs = summarize([r["img_per_s_median_step"] for r in result["recipe_runs"]])
     bs = summarize([r["img_per_s_median_step"] for r in result["bnwd_runs"]])
+    ov = summarize([r["monitor_overhead"] for r in result["bnwd_runs"]])
     lines = [
         "# Training throughput: the standard PyTorch recipe vs bnwd",
         "",
@@ -277,6 +279,10 @@ def markdown(result: dict) -> str:
         f"| bnwd (monitor off) | | {fmt_stats(nm)} |",
         "",
         f"Ratio of medians, bnwd / recipe: **{c['ratio']:.2f}x** (img/s = images / wall time of the timed steps).",
+        "",
+        f"Monitor overhead (bench: with / without the Monitor, interleaved medians) min / median / max: "
+        f"{ov['min']:+.1%} / {ov['median']:+.1%} / {ov['max']:+.1%}; bnwd's layout: "
+        f"{', '.join(sorted({r.get('layout', '?') for r in result['bnwd_runs']}))}.",
         "",
         "Timings on a shared machine are noisy: compare the ratio, measured side by side, not absolute numbers "
         "across runs.",
@@ -358,6 +364,8 @@ def main(argv=None) -> int:
     print(f"{'standard recipe':>18} {fmt_stats(c['recipe'])}")
     print(f"{'bnwd (monitor on)':>18} {fmt_stats(c['bnwd'])}")
     print(f"ratio of medians bnwd / recipe: {c['ratio']:.2f}x")
+    ov = summarize([r["monitor_overhead"] for r in bnwd_runs])
+    print(f"Monitor overhead min / median / max: {ov['min']:+.1%} / {ov['median']:+.1%} / {ov['max']:+.1%}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(markdown(result))

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         steps, ips, b = s["steps"], s["images_per_s"], cfg["batch_size"]
         done = round(ips * wall / b)  # steps trained in the session that finished the run
         part = "" if done >= steps else f" (resumed at step {steps - done}: the last {done} steps only)"
-        print(f"{d.name:28s} width {cfg['width']}, {steps} steps: {wall / 60:6.1f} min, {ips:5.0f} img/s{part}")
+        rss = f", peak RSS {s['peak_rss_mb']:.0f} MB" if isinstance(s.get("peak_rss_mb"), (int, float)) else ""
+        print(f"{d.name:28s} width {cfg['width']}, {steps} steps: {wall / 60:6.1f} min, {ips:5.0f} img/s{rss}{part}")
         if done < steps:
             continue
         total += wall

@@ -27,7 +27,8 @@ def metrics(run):
 
 
 def test_run_dir_complete(tmp_path, fake_data):
-    """A smoke run writes config.json (resolved), metrics.jsonl (required keys), summary.json and a checkpoint."""
+    """A smoke run writes config.json (resolved), metrics.jsonl (required keys), summary.json (with
+    the process's peak RSS) and a checkpoint."""
     out = tmp_path / "run"
     s = T.train(cfg(), out, dataset=fake_data, progress=False)
     conf = json.loads((out / "config.json").read_text())
@@ -39,6 +40,7 @@ def test_run_dir_complete(tmp_path, fake_data):
     assert [r["step"] for r in rows] == sorted({r["step"] for r in rows})
     assert any("test_acc" in r for r in rows) and "test_acc" in rows[-1]
     assert s["finished"] and (out / "checkpoint.pt").exists()
+    assert s["peak_rss_mb"] > 50  # this process holds torch at least
     assert rows[-1]["lr"] == pytest.approx(0.001)
 
 

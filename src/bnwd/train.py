@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import config as C
+from .bench import peak_rss_mb
 from .data import Cifar10, TrainLoader, load_cifar10, test_batches
 from .errors import BnwdError, CheckpointError, ConfigError, DivergenceError, one_line
 from .models import resnet
@@ -494,6 +495,7 @@ class Trainer:
             "wall_s": wall,
             "images_per_s": (self.total_steps - start) * self.cfg.batch_size / max(wall, 1e-9),
             "device": str(self.device),
+            "peak_rss_mb": peak_rss_mb(),  # of the whole process (several runs in one reproduce)
             "finished": True,
         }
         atomic_write(self.out / SUMMARY, json.dumps(jsonable(summary), indent=1))
