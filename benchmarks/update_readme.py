@@ -10,6 +10,7 @@ Blocks (between `<!-- NAME:start -->` and `<!-- NAME:end -->`):
   perf      docs/perf.md (written by `python benchmarks/recipe_vs_bnwd.py --out docs/perf.md`)
   ceiling   docs/cpu_ceiling.txt (the output of `python benchmarks/cpu_ceiling.py`)
   before_after  docs/before_after.txt (the output of `python benchmarks/before_after.py`)
+  walls     docs/cpu_preset_wall.txt (the output of `python benchmarks/run_walls.py runs/cpu_after`)
   gpu       docs/gpu/call*/ (written on a lent GPU by `benchmarks/gpu_check.sh`, see docs/gpu/README.md)
   sweep     docs/sweep/summary.json and sweep.json (written by `bnwd sweep ... --out runs/sweep_cpu`,
             copied to docs/sweep by `bnwd sweep --plot`; see docs/sweep/README.md)
@@ -95,6 +96,10 @@ def ceiling() -> str:
 
 def before_after() -> str:
     return _text("before_after.txt")
+
+
+def walls() -> str:
+    return _text("cpu_preset_wall.txt")
 
 
 ARTICLE_IMAGES = 4 * 150 * 50_000  # the article's four runs of 150 epochs
@@ -222,6 +227,7 @@ BLOCKS = {
     "perf": perf,
     "ceiling": ceiling,
     "before_after": before_after,
+    "walls": walls,
     "gpu": gpu,
     "sweep": sweep,
 }

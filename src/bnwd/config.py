@@ -62,13 +62,15 @@ class Config:
     # sharing the GPU each ran 1.45x faster in bf16 + channels_last (docs/gpu/call1 vs call2,
     # train_runs.json), and runs share the GPU in `reproduce --jobs` and sweeps
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
-    # auto = on everywhere: 1.19x (width 16) and 1.06x (width 8) per step on a 2-core AMD EPYC,
-    # the CUDA default above; `models.PointwiseConv` keeps oneDNN's hanging kernel out of reach
+    # auto = on everywhere: on a 2-core AMD EPYC 1.24x per step at width 16 (docs/cpu_ceiling.txt)
+    # and 1.13x end to end on the cpu preset (docs/before_after.txt); the CUDA default above.
+    # `models.PointwiseConv` keeps oneDNN's hanging strided-1x1 kernel out of reach
     channels_last: str = "auto"  # auto (= on) | on | off
     threads: int = 0  # CPU threads for torch (0 = torch's default)
     # auto = compiled with CUDA graphs on CUDA (the step is launch-bound there: 2.44x eager on an
-    # H200, docs/gpu/call2/bench_compile.json; ~20 s to compile), eager on CPU (1.2-1.3x, but
-    # ~1-2 min to compile and a crash in the compiled kernels seen at width 4)
+    # H200, docs/gpu/call2/bench_compile.json; ~20 s to compile), eager on CPU (compiled
+    # channels_last trains at 1.00x eager, docs/cpu_compile.json; a crash in the compiled kernels
+    # was seen at width 4)
     compile: str = "auto"  # auto (on CUDA) | on | off
     compile_mode: str = (
         "auto"  # auto (reduce-overhead on CUDA, default on CPU) | default | reduce-overhead | max-autotune
