@@ -4,9 +4,11 @@ deterministic, in the exact python layout, as an archive or as an extracted fold
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import io
 import os
 import pickle
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -112,3 +114,13 @@ def write_fake_cifar_folder(dest: str | os.PathLike, n_train: int = 100, n_test:
     for name, payload in fake_members(n_train, n_test, seed, **kw):
         (folder / name).write_bytes(payload)
     return folder
+
+
+def benchmark_script(name: str):
+    """Import benchmarks/<name>.py as a module (the folder is no package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,26 +1,16 @@
 """`bnwd bench`, `benchmarks/pack_data.py` and `benchmarks/recipe_vs_bnwd.py`: small and fast."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from fakes import benchmark_script
 
 from bnwd.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--width", "4", "--batch-size", "8", "--steps", "2"]
 TINY += ["--eval-batch-size", "8", "--eval-batches", "1", "--threads", "1"]
-
-
-def _script(name: str):
-    """Import benchmarks/<name>.py as a module (the folder is no package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +172,7 @@ def test_bench_watchdog_names_the_stuck_configuration(capsys):
 
 @pytest.fixture(scope="module")
 def pack_mod():
-    return _script("pack_data")
+    return benchmark_script("pack_data")
 
 
 def test_pack_unpack_round_trip_whole_archive(tmp_path, fake_data_dir, pack_mod):
@@ -255,7 +245,7 @@ def test_synth_writes_a_readable_balanced_archive(tmp_path, pack_mod):
 
 def test_side_by_side_statistics():
     """min / median / max of each side and the ratio of medians (bnwd / recipe) on given numbers."""
-    rv = _script("recipe_vs_bnwd")
+    rv = benchmark_script("recipe_vs_bnwd")
     c = rv.compare([300.0, 100.0, 200.0], [500.0, 300.0, 400.0, 900.0])
     assert c["recipe"] == {"n": 3, "min": 100.0, "median": 200.0, "max": 300.0}
     assert c["bnwd"] == {"n": 4, "min": 300.0, "median": 450.0, "max": 900.0}
@@ -268,7 +258,7 @@ def test_hand_transform_is_pad_crop_flip_totensor_normalize():
     import numpy as np
     import torch
 
-    rv = _script("recipe_vs_bnwd")
+    rv = benchmark_script("recipe_vs_bnwd")
     img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     torch.manual_seed(5)
     x = rv.HandTransform()(img)

@@ -97,11 +97,6 @@ def test_pointwise_conv_equals_strided_conv(fmt):
 def test_channels_last_shortcut_backward_does_not_hang():
     """The channels_last backward of bnwd's 1x1 stride-2 shortcut + BN finishes in a child
     process (oneDNN's strided 1x1 kernel, which hangs on some AVX2 CPUs, is never called)."""
-    import importlib.util
-    from pathlib import Path
+    from fakes import benchmark_script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "channels_last_hang.py"
-    spec = importlib.util.spec_from_file_location("channels_last_hang", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert mod.run(threads=2, k=1, stride=2, timeout=60.0, bnwd=True) == "ok"
+    assert benchmark_script("channels_last_hang").run(threads=2, k=1, stride=2, timeout=60.0, bnwd=True) == "ok"

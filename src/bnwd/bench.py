@@ -21,7 +21,7 @@ Per configuration (layout x eager/compiled) it times, in one process on the same
 
 Layouts: `channels_last` (what training uses by default, on CPU and CUDA) and `plain` (NCHW).
 By default the bench times channels_last only on CPU (under a minute), both on CUDA. On a 2-core
-AMD EPYC (AVX2) channels_last steps 1.19x faster at width 16. Its one known trap, oneDNN's
+AMD EPYC (AVX2) channels_last steps 1.24x faster at width 16 (docs/cpu_ceiling.txt). Its one known trap, oneDNN's
 channels_last backward of a strided 1x1 conv hanging on some AVX2 CPUs
 (`benchmarks/channels_last_hang.py`), is never reached: `models.PointwiseConv` convolves the
 subsampled input at stride 1 instead.
@@ -49,6 +49,7 @@ from .data import augment, standardize
 from .errors import ConfigError, one_line
 from .models import resnet20
 from .optim import make_optimizer, param_groups
+from .runs import peak_rss_mb
 
 LAYOUTS = ("channels_last", "plain")
 COMPILE = ("auto", "on", "off")
@@ -75,16 +76,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (`ru_maxrss`; NaN where unavailable)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return math.nan
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
 
 
 def median(xs: list[float]) -> float:

@@ -172,17 +172,14 @@ def reproduce(
         for seed in seeds_:
             run_dirs += seed_chain(preset, seed, *args[1:], progress=progress, dataset=dataset)
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        from .sweep import die_with_parent, in_worker
+        from .sweep import worker_pool
 
         load_cifar10(data)  # fail here, once, on missing or bad data
         if not probe.threads and probe.device in ("auto", "cpu"):
             base_over = {**base_over, "threads": max(1, (os.cpu_count() or 1) // jobs)}
             args = (preset, trained, view, base_over, str(out_dir), data, force)
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool:
-            futures = [pool.submit(in_worker, seed_chain, preset, seed, *args[1:], progress=False) for seed in seeds_]
+        with worker_pool(jobs) as pool:
+            futures = [pool.submit(seed_chain, preset, seed, *args[1:], progress=False) for seed in seeds_]
             for f in futures:
                 run_dirs += f.result()
     return write_outputs([Path(d) for d in run_dirs], out_dir)

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,16 @@ def read_metrics(path: Path) -> list[dict]:
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
     atomic_write(path, "".join(json.dumps(jsonable(r)) + "\n" for r in rows))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (`ru_maxrss`; NaN where unavailable)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return math.nan
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
 
 
 def jsonable(x):

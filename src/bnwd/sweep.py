@@ -152,13 +152,25 @@ def die_with_parent() -> None:
     threading.Thread(target=watch, name="bnwd-orphan-watch", daemon=True).start()
 
 
-def in_worker(fn, *args, **kw):
+def _in_worker(fn, *args, **kw):
     """Run `fn` in a pool worker, marked busy (see `die_with_parent`)."""
     _BUSY.set()
     try:
         return fn(*args, **kw)
     finally:
         _BUSY.clear()
+
+
+def worker_pool(jobs: int):
+    """A process pool (spawn) whose workers end with the driver (`die_with_parent`)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    class WorkerPool(ProcessPoolExecutor):
+        def submit(self, fn, /, *args, **kw):
+            return super().submit(_in_worker, fn, *args, **kw)
+
+    return WorkerPool(jobs, mp_context=mp.get_context("spawn"), initializer=die_with_parent)
 
 
 def run_spec(spec: RunSpec, out: str, data: str | None) -> dict:
@@ -213,12 +225,11 @@ def run_local(specs: list[RunSpec], out: Path, data: str | None, jobs: int, prog
                     if attempt == 2:
                         record(spec, err=one_line(e))
     else:
-        import multiprocessing as mp
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, wait
 
         specs = _with_threads(specs, max(1, (os.cpu_count() or 1) // jobs))
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool:
-            pending = {pool.submit(in_worker, run_spec, s, str(out), data): (s, 1) for s in specs}
+        with worker_pool(jobs) as pool:
+            pending = {pool.submit(run_spec, s, str(out), data): (s, 1) for s in specs}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
@@ -227,7 +238,7 @@ def run_local(specs: list[RunSpec], out: Path, data: str | None, jobs: int, prog
                         record(spec, f.result())
                     except Exception as e:  # noqa: BLE001 - a run's failure is data for the summary
                         if attempt == 1:
-                            pending[pool.submit(in_worker, run_spec, spec, str(out), data)] = (spec, 2)
+                            pending[pool.submit(run_spec, spec, str(out), data)] = (spec, 2)
                         else:
                             record(spec, err=one_line(e))
     if bar is not None:

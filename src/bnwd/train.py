@@ -23,7 +23,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import config as C
-from .bench import peak_rss_mb
 from .data import Cifar10, TrainLoader, load_cifar10, test_batches
 from .errors import BnwdError, CheckpointError, ConfigError, DivergenceError, one_line
 from .models import resnet
@@ -37,6 +36,7 @@ from .runs import (
     atomic_write,
     jsonable,
     load_checkpoint,
+    peak_rss_mb,
     read_json,
     read_metrics,
     save_checkpoint,
