@@ -9,6 +9,7 @@ import pytest
 matplotlib.use("Agg")
 
 from bnwd.cli import main
+from bnwd.errors import ConfigError
 from bnwd.plots import figures, load_runs
 
 
@@ -121,8 +122,39 @@ def test_reproduce_jobs_equal_serial(tmp_path, fake_data_dir):
 
     kw = dict(data=str(fake_data_dir), progress=False, seed_list="0,1", variants=["baseline", "no_conv_l2"])
     ov = {"train_subset": 0, "test_subset": 0, "threads": 1, "epochs": 1.0, "lr_milestones": [0.5, 0.75]}
-    reproduce("smoke", out=str(tmp_path / "serial"), overrides=ov, **kw)
+    reproduce("smoke", out=str(tmp_path / "serial"), overrides=ov, jobs=1, **kw)
     reproduce("smoke", out=str(tmp_path / "par"), overrides=ov, jobs=2, **kw)
     for run in ("baseline-s0", "baseline-s1", "no_conv_l2-s0", "no_conv_l2-s1"):
         a = (tmp_path / "serial/runs" / run / "metrics.jsonl").read_text()
         assert a and a == (tmp_path / "par/runs" / run / "metrics.jsonl").read_text(), run
+
+
+def test_waves_put_lr_scaled_after_every_baseline_it_reads():
+    """lr_scaling=reference: lr_scaled reads its seed's finished baseline, so it waits in a second
+    wave; without a reference every run can start at once."""
+    from bnwd.experiments import plan_waves
+
+    runs = ["baseline", "no_conv_l2", "lr_scaled"]
+    assert plan_waves([0, 1], runs, reads_baseline=True) == [
+        [("baseline", 0), ("baseline", 1), ("no_conv_l2", 0), ("no_conv_l2", 1)],
+        [("lr_scaled", 0), ("lr_scaled", 1)],
+    ]
+    assert plan_waves([0], runs, reads_baseline=False) == [[("baseline", 0), ("no_conv_l2", 0), ("lr_scaled", 0)]]
+
+
+def test_jobs_auto_is_one_run_per_core_within_memory(monkeypatch):
+    """--jobs auto on CPU: min(usable cores, free memory / RUN_MEMORY_GB), at least 1; a number is
+    taken as it is; anything else is refused in one line."""
+    from bnwd import sweep
+
+    monkeypatch.setattr(sweep, "usable_cores", lambda: 16)
+    monkeypatch.setattr(sweep, "_free_memory_gb", lambda: 7.0)
+    assert sweep.resolve_jobs("auto", "cpu") == 4
+    monkeypatch.setattr(sweep, "_free_memory_gb", lambda: 100.0)
+    assert sweep.resolve_jobs("auto", "cpu") == 16
+    monkeypatch.setattr(sweep, "_free_memory_gb", lambda: 0.5)
+    assert sweep.resolve_jobs("auto", "cpu") == 1
+    assert sweep.resolve_jobs("3", "cpu") == 3 and sweep.resolve_jobs(2, "cpu") == 2
+    for bad in ("0", "many", -1):
+        with pytest.raises(ConfigError):
+            sweep.resolve_jobs(bad, "cpu")

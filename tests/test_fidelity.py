@@ -6,12 +6,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from bnwd import train as T
 from bnwd.config import PRESET_VALUES, bn098_momentum, make_config, resolved
 from bnwd.errors import ConfigError
 from bnwd.experiments import reproduce, resolve_seeds
 from bnwd.optim import article_epoch, article_piecewise
+from bnwd.sweep import usable_cores
 from bnwd.theory import ARTICLE_CONFIG, dimensionless
 
 SMALL = {"epochs": 2.0, "lr_milestones": [1.0, 1.5], "train_subset": 0, "test_subset": 0}
@@ -198,13 +200,36 @@ def test_bn098_view_equals_a_separate_bn098_run(tmp_path, fake_data):
     assert vc["variant"] == "lr_scaled_bn098" and vc["resolved"]["bn_momentum_used"] == bn098_momentum(0.05)
 
 
+@pytest.mark.parametrize("m", [0.003, 0.065])
+def test_shadow_bn_stats_follow_a_bn_at_the_second_momentum(m):
+    """The shadow recovers each batch statistic from the BN's own update, b = (r' - (1 - m) r) / m,
+    and averages it at momentum a: after 300 steps it equals the running statistics of a BN with
+    momentum a fed the same batches, to 3e-5 relative even at the article's m = 0.003 (r's float32
+    rounding, amplified by 1/m), in both memory layouts."""
+    a = bn098_momentum(m)
+    torch.manual_seed(0)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        bn, ref = torch.nn.BatchNorm2d(16, momentum=m), torch.nn.BatchNorm2d(16, momentum=a)
+        shadow = T.ShadowBNStats(bn, a)
+        for t in range(300):
+            x = (torch.randn(32, 16, 8, 8) * (1 + t / 100) + 3).contiguous(memory_format=fmt)
+            bn(x), ref(x)
+        bn.eval()(x)  # eval forwards leave the shadow alone
+        assert torch.allclose(shadow.mean[0], ref.running_mean.double(), rtol=3e-5, atol=0)
+        assert torch.allclose(shadow.var[0], ref.running_var.double(), rtol=3e-5, atol=0)
+
+
 @pytest.mark.timeout(600)
 def test_reproduce_trains_three_runs_for_four(tmp_path, fake_data_dir):
     """`reproduce` writes four article runs per seed, lr_scaled_bn098 as a view of lr_scaled's training."""
-    res = reproduce("smoke", data=str(fake_data_dir), out=str(tmp_path), progress=False, seed_list="3",
+    res = reproduce("smoke", data=str(fake_data_dir), out=str(tmp_path), progress=False, seed_list="3", jobs=2,
                     overrides={"train_subset": 0, "test_subset": 0})  # fmt: skip
     names = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert names == ["baseline-s3", "lr_scaled-s3", "lr_scaled_bn098-s3", "no_conv_l2-s3"]
+    # jobs=2: baseline and no_conv_l2 side by side, threads split; then lr_scaled alone, torch's default
+    threads = {n: json.loads((tmp_path / "runs" / n / "config.json").read_text())["threads"] for n in names}
+    split = max(1, usable_cores() // 2)
+    assert threads == {"baseline-s3": split, "no_conv_l2-s3": split, "lr_scaled-s3": 0, "lr_scaled_bn098-s3": 0}
     assert not (tmp_path / "runs/lr_scaled_bn098-s3/checkpoint.pt").exists()
     claims = json.loads((tmp_path / "claims.json").read_text())
     assert {c["id"] for c in claims} >= {"no_conv_l2_accuracy_cost", "bn098_removes_deficit"}

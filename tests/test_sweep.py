@@ -146,15 +146,15 @@ def test_failed_run_retried_then_reported(tmp_path, fake_data_dir, monkeypatch, 
     calls = []
     real = S.run_spec
 
-    def flaky(spec, out, data):
+    def flaky(spec, out, data, force=False):
         calls.append(spec.name)
         if "lr=0.2" in spec.name:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return real(spec, out, data)
+        return real(spec, out, data, force)
 
     monkeypatch.setattr(S, "run_spec", flaky)
     out = tmp_path / "sw"
-    assert sweep_cli(out, fake_data_dir, grid=["lr=0.1,0.2"], fixed=[*FIXED, "epochs=0.5"]) == 1
+    assert sweep_cli(out, fake_data_dir, "--jobs", "1", grid=["lr=0.1,0.2"], fixed=[*FIXED, "epochs=0.5"]) == 1
     r = {x["run"]: x for x in rows(out)}
     assert len(r) == 4 and calls.count("lr=0.2__s0") == 2
     assert r["lr=0.2__s0"]["status"] == "failed" and "illegal memory access" in r["lr=0.2__s0"]["error"]

@@ -58,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed-list", default=None, help="comma-separated seeds instead, e.g. 10,11,12 (7: seed 7 alone)")
     r.add_argument(
         "--jobs",
-        type=int,
-        default=1,
-        help="seeds trained at once in separate processes (CPU threads split between them)",
+        default="auto",
+        help="runs trained at once in separate processes, CPU threads split between them "
+        "(default auto: one per core on CPU, up to 8 sharing a GPU)",
     )
     r.add_argument("--engine", default="local", choices=["local", "ray"], help="local processes or Ray tasks")
     r.add_argument("--address", default=None, help="Ray cluster address (ray://host:10001 or host:6379)")
@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default=None, help="sweep folder")
     sw.add_argument("--engine", default="local", choices=["local", "ray"], help="local process pool or Ray")
     sw.add_argument("--address", default=None, help="Ray cluster address (ray://host:10001 or host:6379)")
-    sw.add_argument("--jobs", type=int, default=1, help="local engine: runs at once (CPU threads split)")
+    sw.add_argument(
+        "--jobs", default="auto", help="local engine: runs at once, CPU threads split (default auto: one per core)"
+    )
     sw.add_argument("--gpus-per-run", type=float, default=None, help="ray: num_gpus per run (default 0.25 on GPU)")
     sw.add_argument("--cpus-per-run", type=float, default=None, help="ray: num_cpus per run (default 1)")
     sw.add_argument("--yes", action="store_true", help=f"allow a grid of more than {10_000:,} runs")

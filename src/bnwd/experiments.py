@@ -45,6 +45,24 @@ def resolve_seeds(seeds: int | None = None, seed_list: str | list[int] | None = 
     return list(range(n))
 
 
+def run_overrides(preset: str, variant: str, seed: int, base_over: dict, out_dir: str | Path) -> dict:
+    """One run's overrides: `lr_scaling=reference` reads the same seed's baseline run."""
+    ov = {**base_over, "variant": variant, "seed": seed}
+    probe = make_config(preset, base_over)
+    if variant.startswith("lr_scaled") and probe.lr_scaling == "reference" and not probe.reference:
+        ov["reference"] = str(Path(out_dir) / "runs" / f"baseline-s{seed}")
+    return ov
+
+
+def plan_waves(seeds: list[int], trained: list[str], reads_baseline: bool) -> list[list[tuple[str, int]]]:
+    """The (variant, seed) runs in waves: every run of a wave can start at once. With
+    `reads_baseline` (lr_scaling=reference) the lr_scaled runs form a second wave, after every
+    baseline; otherwise there is one wave. Baselines come first inside a wave."""
+    first = [(v, s) for v in trained for s in seeds if not (reads_baseline and v.startswith("lr_scaled"))]
+    second = [(v, s) for v in trained for s in seeds if reads_baseline and v.startswith("lr_scaled")]
+    return [w for w in (first, second) if w]
+
+
 def seed_chain(
     preset: str,
     seed: int,
@@ -58,29 +76,34 @@ def seed_chain(
     dataset=None,
 ) -> list[str]:
     """Train one seed's runs in order (the baseline first: `lr_scaling=reference` reads it); returns
-    the run directories, the bn098 view included. A top-level function so a process pool can run it."""
+    the run directories, the bn098 view included. A top-level function so a Ray task can run it."""
     from .data import load_cifar10
+
+    dataset = dataset if dataset is not None else load_cifar10(data)
+    dirs = []
+    for v in trained:
+        dirs += train_variant(preset, v, seed, view, base_over, out_dir, force, progress, dataset)
+    return dirs
+
+
+def train_variant(preset, variant, seed, view, base_over, out_dir, force, progress, dataset) -> list[str]:
+    """Train (resume, or skip when finished) OUT/runs/<variant>-s<seed> in this process; with
+    `view`, lr_scaled also writes the lr_scaled_bn098 view. Returns the run directories."""
     from .runs import write_bn098_view
     from .train import train
 
     out = Path(out_dir)
-    dataset = dataset if dataset is not None else load_cifar10(data)
-    probe = make_config(preset, base_over)
-    dirs = []
-    for v in trained:
-        ov = {**base_over, "variant": v, "seed": seed}
-        if v.startswith("lr_scaled") and probe.lr_scaling == "reference" and not probe.reference:
-            ov["reference"] = str(out / "runs" / f"baseline-s{seed}")
-        rd = out / "runs" / f"{v}-s{seed}"
-        if progress:
-            extra = " (+ lr_scaled_bn098 from the same training)" if view and v == "lr_scaled" else ""
-            print(f"{v} seed {seed} -> {rd}{extra}", flush=True)
-        s = train(make_config(preset, ov), rd, resume=True, force=force, progress=progress, dataset=dataset)
-        dirs.append(str(rd))
-        if view and v == "lr_scaled":
-            dirs.append(str(write_bn098_view(rd, out / "runs" / f"lr_scaled_bn098-s{seed}")))
-        if not progress:
-            print(f"done: {v} seed {seed}, test acc {100 * s['final_test_acc']:.2f}%", flush=True)
+    rd = out / "runs" / f"{variant}-s{seed}"
+    if progress:
+        extra = " (+ lr_scaled_bn098 from the same training)" if view and variant == "lr_scaled" else ""
+        print(f"{variant} seed {seed} -> {rd}{extra}", flush=True)
+    cfg = make_config(preset, run_overrides(preset, variant, seed, base_over, out))
+    s = train(cfg, rd, resume=True, force=force, progress=progress, dataset=dataset)
+    if not progress:
+        print(f"done: {variant} seed {seed}, test acc {100 * s['final_test_acc']:.2f}%", flush=True)
+    dirs = [str(rd)]
+    if view and variant == "lr_scaled":
+        dirs.append(str(write_bn098_view(rd, out / "runs" / f"lr_scaled_bn098-s{seed}")))
     return dirs
 
 
@@ -96,7 +119,7 @@ def reproduce(
     force: bool = False,
     progress: bool = True,
     seed_list: str | list[int] | None = None,
-    jobs: int = 1,
+    jobs: int | str = "auto",
     engine: str = "local",
     address: str | None = None,
     gpus_per_run: float | None = None,
@@ -110,21 +133,23 @@ def reproduce(
     two train identically, and the lr_scaled run keeps the 0.98-equivalent BN statistics too;
     OUT/runs/lr_scaled_bn098-s<seed> is then written from it (`runs.write_bn098_view`).
 
-    `jobs` > 1 runs that many seeds at once in separate processes, each with
-    `cpu_count // jobs` torch threads unless `threads=` is given (a run's metrics depend on its
-    thread count only through float rounding; with equal thread counts they are identical).
+    The runs go in waves (`plan_waves`): with `lr_scaling=reference` the lr_scaled runs wait for
+    every baseline. Each wave runs min(`jobs`, its runs) at once in separate processes, each with
+    usable_cores // that many torch threads unless `threads=` is given; a wave of one runs in this
+    process with the torch default. `jobs="auto"` (`sweep.resolve_jobs`): one run per core on CPU,
+    up to 8 sharing a GPU. So on 2 cores one seed of the `cpu` preset trains baseline and
+    no_conv_l2 side by side with 1 thread each, then lr_scaled with 2. Thread counts follow from
+    the plan, never from timing; a run's metrics depend on its thread count only through float
+    rounding, and with equal thread counts they are identical to a serial reproduce's.
 
     `engine="ray"` runs each seed's chain of runs as one Ray task (`sweep.ray_map`; `address`
     joins a cluster, else a local instance starts and stops with the call); a seed whose chain
     fails twice is reported and the outputs are written from the runs that finished."""
-    import os
-
     from .data import load_cifar10
+    from .sweep import resolve_jobs
 
     preset = preset or default_preset()
     seeds_ = resolve_seeds(seeds, seed_list)
-    if jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if engine not in ("local", "ray"):
         raise ConfigError(f"--engine must be local or ray, got {engine!r}")
     if address and engine != "ray":
@@ -144,9 +169,7 @@ def reproduce(
         variants.insert(0, "baseline")
     variants = sorted(set(variants), key=VARIANTS.index)
     trained = [v for v in variants if not (view and v == "lr_scaled_bn098")]
-    jobs = min(jobs, len(seeds_))
-    args = (preset, trained, view, base_over, str(out_dir), data, force)
-    run_dirs: list[str] = []
+    jobs = resolve_jobs(jobs, probe.device)
     if engine == "ray":
         from .sweep import _import_ray, ray_map, ray_resources
 
@@ -167,22 +190,60 @@ def reproduce(
         if not run_dirs:
             raise BnwdError(f"every seed failed; first error: {next(iter(failed.values()))}")
         return write_outputs([Path(d) for d in run_dirs], out_dir)
-    if jobs == 1:
-        dataset = load_cifar10(data)
-        for seed in seeds_:
-            run_dirs += seed_chain(preset, seed, *args[1:], progress=progress, dataset=dataset)
-    else:
-        from .sweep import worker_pool
-
-        load_cifar10(data)  # fail here, once, on missing or bad data
-        if not probe.threads and probe.device in ("auto", "cpu"):
-            base_over = {**base_over, "threads": max(1, (os.cpu_count() or 1) // jobs)}
-            args = (preset, trained, view, base_over, str(out_dir), data, force)
-        with worker_pool(jobs) as pool:
-            futures = [pool.submit(seed_chain, preset, seed, *args[1:], progress=False) for seed in seeds_]
-            for f in futures:
-                run_dirs += f.result()
+    dataset = load_cifar10(data)  # fail here, once, on missing or bad data
+    waves = plan_waves(seeds_, trained, needs_ref and not probe.reference)
+    run_dirs, failed = run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progress, dataset)
+    for name, err in failed.items():
+        print(f"bnwd: {name} failed: {err}", flush=True)
+    if not run_dirs:
+        raise BnwdError(f"every run failed; first error: {next(iter(failed.values()))}")
     return write_outputs([Path(d) for d in run_dirs], out_dir)
+
+
+def run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progress, dataset):
+    """Run `plan_waves`' waves in order (see `reproduce`); returns the finished run directories,
+    bn098 views included, and {run name: error} for the runs that failed or could not start."""
+    from .runs import write_bn098_view
+    from .sweep import RunSpec, run_local, usable_cores
+    from .train import pick_device
+
+    out = Path(out_dir)
+    dirs: list[str] = []
+    failed: dict[str, str] = {}
+    cpu = pick_device(make_config(preset, base_over).device).type == "cpu"
+    for i, wave in enumerate(waves, 1):
+        ready = []
+        for v, s in wave:
+            ov = run_overrides(preset, v, s, base_over, out)
+            if "reference" in ov and f"baseline-s{s}" in failed:
+                failed[f"{v}-s{s}"] = f"not started: its reference baseline-s{s} failed"
+            else:
+                ready.append((v, s, ov))
+        k = min(jobs, len(ready))
+        if not k:
+            continue
+        threads = base_over.get("threads") or (max(1, usable_cores() // k) if k > 1 and cpu else 0)
+        if progress:
+            names = ", ".join(f"{v}-s{s}" for v, s, _ in ready)
+            how = f"{k} at once" + (f", {threads} thread{'s' * (threads > 1)} each" if threads else "")
+            print(f"wave {i}/{len(waves)}: {names} ({how})", flush=True)
+        if k == 1:
+            for v, s, _ in ready:
+                dirs += train_variant(preset, v, s, view, base_over, out, force, progress, dataset)
+            continue
+        specs = [RunSpec(f"{v}-s{s}", preset, {**ov, **({"threads": threads} if threads else {})}, s)
+                 for v, s, ov in ready]  # fmt: skip
+        results = run_local(specs, out, data, k, progress, desc=f"wave {i}/{len(waves)}", force=force)
+        for (v, s, _), spec in zip(ready, specs):
+            res = results[spec.name]
+            if res["status"] != "done":
+                failed[spec.name] = res["error"]
+                continue
+            rd = out / "runs" / spec.name
+            dirs.append(str(rd))
+            if view and v == "lr_scaled":
+                dirs.append(str(write_bn098_view(rd, out / "runs" / f"lr_scaled_bn098-s{s}")))
+    return dirs, failed
 
 
 def find_runs(paths: list[Path]) -> list[Path]:

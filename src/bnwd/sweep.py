@@ -173,7 +173,7 @@ def worker_pool(jobs: int):
     return WorkerPool(jobs, mp_context=mp.get_context("spawn"), initializer=die_with_parent)
 
 
-def run_spec(spec: RunSpec, out: str, data: str | None) -> dict:
+def run_spec(spec: RunSpec, out: str, data: str | None, force: bool = False) -> dict:
     """Train (or resume, or skip when finished) one run; returns its summary. Raises on failure."""
     from .data import load_cifar10
     from .train import train
@@ -182,10 +182,73 @@ def run_spec(spec: RunSpec, out: str, data: str | None) -> dict:
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = load_cifar10(data)
     cfg = C.make_config(spec.preset, spec.overrides)
-    return train(cfg, Path(out) / "runs" / spec.name, resume=True, progress=False, dataset=_DATA_CACHE[key])
+    return train(
+        cfg, Path(out) / "runs" / spec.name, resume=True, force=force, progress=False, dataset=_DATA_CACHE[key]
+    )
 
 
 # ---------------------------------------------------------------- engines
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. under taskset or a container)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _free_memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return kb / 2**20
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+RUN_MEMORY_GB = 1.5  # one training process, cpu preset: 1.12 GB peak RSS (README, Performance)
+GPU_AUTO_JOBS = 8  # runs sharing one GPU under --jobs auto
+
+
+def resolve_jobs(jobs: int | str, device: str = "auto") -> int:
+    """`--jobs auto`: on CPU one run per usable core, as many as the free memory holds at
+    RUN_MEMORY_GB each (on 2 cores, two 1-thread runs side by side finish 1.29x sooner than the
+    same two one after the other with 2 threads: docs/parallel_cpu.txt); on CUDA GPU_AUTO_JOBS runs
+    share the GPU (8 together: 2.1x one run's img/s on an H200, docs/gpu/call2/parallel.json)."""
+    if isinstance(jobs, str) and jobs.strip().lower() != "auto":
+        try:
+            jobs = int(jobs)
+        except ValueError:
+            raise ConfigError(f"--jobs takes a number or auto, got {jobs!r}") from None
+    if isinstance(jobs, int):
+        if jobs < 1:
+            raise ConfigError(f"--jobs must be >= 1 or auto, got {jobs}")
+        return jobs
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return GPU_AUTO_JOBS
+    free = _free_memory_gb()
+    by_memory = usable_cores() if free is None else max(1, int(free // RUN_MEMORY_GB))
+    return max(1, min(usable_cores(), by_memory))
+
+
+def _run_progress(out: Path, names: list[str]) -> str:
+    """`baseline-s0 41%  no_conv_l2-s0 39%`: how far each run has got, from its config.json
+    (total_steps) and the last row of its metrics.jsonl."""
+    parts = []
+    for name in names:
+        rd = out / "runs" / name
+        try:
+            total = json.loads((rd / "config.json").read_text())["total_steps"]
+            with open(rd / "metrics.jsonl", "rb") as f:
+                f.seek(max(0, f.seek(0, 2) - 65536))
+                last = f.read().decode(errors="replace").strip().splitlines()[-1]
+            parts.append(f"{name} {100 * json.loads(last)['step'] / total:.0f}%")
+        except (OSError, ValueError, KeyError, IndexError, TypeError, ZeroDivisionError):
+            parts.append(f"{name} starting")
+    return "  ".join(parts)
 
 
 def _with_threads(specs: list[RunSpec], threads: int) -> list[RunSpec]:
@@ -204,11 +267,20 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
 
 
-def run_local(specs: list[RunSpec], out: Path, data: str | None, jobs: int, progress: bool) -> dict[str, dict]:
-    """The process pool behind `reproduce --jobs`: `jobs` runs at once, cpu_count // jobs threads
-    each (unless `threads=` is set); a failed run is retried once, then reported."""
+def run_local(
+    specs: list[RunSpec],
+    out: Path,
+    data: str | None,
+    jobs: int,
+    progress: bool,
+    desc: str = "sweep",
+    force: bool = False,
+) -> dict[str, dict]:
+    """The process pool behind `sweep` and `reproduce`: `jobs` runs at once, usable_cores // jobs
+    threads each (unless `threads=` is set); a failed run is retried once, then reported. The bar
+    counts finished runs and shows how far the running ones have got."""
     results: dict[str, dict] = {}
-    bar = _progress(len(specs), "sweep", progress)
+    bar = _progress(len(specs), desc, progress)
 
     def record(spec, res=None, err=None):
         results[spec.name] = {"status": "done", **(res or {})} if err is None else {"status": "failed", "error": err}
@@ -219,7 +291,7 @@ def run_local(specs: list[RunSpec], out: Path, data: str | None, jobs: int, prog
         for spec in specs:
             for attempt in (1, 2):
                 try:
-                    record(spec, run_spec(spec, str(out), data))
+                    record(spec, run_spec(spec, str(out), data, force))
                     break
                 except (BnwdError, RuntimeError, ValueError, OSError) as e:
                     if attempt == 2:
@@ -227,18 +299,21 @@ def run_local(specs: list[RunSpec], out: Path, data: str | None, jobs: int, prog
     else:
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        specs = _with_threads(specs, max(1, (os.cpu_count() or 1) // jobs))
+        specs = _with_threads(specs, max(1, usable_cores() // jobs))
         with worker_pool(jobs) as pool:
-            pending = {pool.submit(run_spec, s, str(out), data): (s, 1) for s in specs}
+            pending = {pool.submit(run_spec, s, str(out), data, force): (s, 1) for s in specs}
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
+                if bar is not None:
+                    running = [s.name for f, (s, _) in pending.items() if f.running()][:jobs]
+                    bar.set_postfix_str(_run_progress(out, running), refresh=True)
                 for f in done:
                     spec, attempt = pending.pop(f)
                     try:
                         record(spec, f.result())
                     except Exception as e:  # noqa: BLE001 - a run's failure is data for the summary
                         if attempt == 1:
-                            pending[pool.submit(run_spec, spec, str(out), data)] = (spec, 2)
+                            pending[pool.submit(run_spec, spec, str(out), data, force)] = (spec, 2)
                         else:
                             record(spec, err=one_line(e))
     if bar is not None:
@@ -530,7 +605,7 @@ def sweep(
     overrides: dict | None = None,
     engine: str = "local",
     address: str | None = None,
-    jobs: int = 1,
+    jobs: int | str = "auto",
     data: str | None = None,
     yes: bool = False,
     force: bool = False,
@@ -542,14 +617,13 @@ def sweep(
 
     if engine not in ("local", "ray"):
         raise ConfigError(f"--engine must be local or ray, got {engine!r}")
-    if jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if address and engine != "ray":
         raise ConfigError("--address is for --engine ray")
     preset = preset or default_preset()
     grid = parse_grid(grid_items)
     seeds_ = resolve_seeds(seeds, seed_list)
     overrides = dict(overrides or {})
+    jobs = resolve_jobs(jobs, C.make_config(preset, overrides).device)
     specs = expand(grid, seeds_, preset, variant, overrides, yes=yes)
     if engine == "ray":
         _import_ray()
