@@ -100,3 +100,21 @@ def test_channels_last_shortcut_backward_does_not_hang():
     from fakes import benchmark_script
 
     assert benchmark_script("channels_last_hang").run(threads=2, k=1, stride=2, timeout=60.0, bnwd=True) == "ok"
+
+
+def test_folded_copy_is_the_same_function_in_eval_mode():
+    """`folded()` puts each eval-mode BN, g (x - mu) / sqrt(var + eps) + b, into the conv before
+    it: the copy has no BN left and gives the model's eval outputs to float rounding, in both
+    layouts (the strided 1x1 shortcuts included); the model itself is left as it was."""
+    torch.manual_seed(0)
+    m = resnet(8, width=8, bn_eps=1e-3)
+    with torch.no_grad():
+        for _ in range(3):
+            m.train()(torch.randn(16, 3, 32, 32))  # running statistics away from 0 and 1
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    f = m.folded()
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in f.modules())
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(8, 3, 32, 32).contiguous(memory_format=fmt)
+        torch.testing.assert_close(f(x), m.eval()(x), rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())

@@ -407,13 +407,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy with the running BN statistics. Eager: on a copy with BN folded
+        into the convs (`ResNetV1.folded`, the same function); compiled: on the compiled model."""
         self.model.eval()
+        forward = self.model.folded() if self.forward is self.model else self._eval_forward
         tot = torch.zeros(3, dtype=torch.float64, device=self.device)
         for x, y in test_batches(self.data, 1000):
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self._eval_forward(x).float()
+                logits = forward(x).float()
             n = torch.tensor(float(len(y)), dtype=torch.float64, device=self.device)
             loss = F.cross_entropy(logits, y, reduction="sum").double()
             tot += torch.stack([loss, (logits.argmax(1) == y).sum().double(), n])
