@@ -2,6 +2,8 @@
 
     python benchmarks/before_after.py --before 362d862 --data ../shared/data \\
         --preset cpu --variant baseline --set epochs=0.69 lr_milestones=0.23,0.46
+    python benchmarks/before_after.py --before dc90f5c --data ../shared/data --reproduce \\
+        --set epochs=0.69 lr_milestones=0.23,0.46    # one seed's whole reproduce, as each schedules it
 
 Checks out `--before` (a git revision) into a temporary worktree, then runs `bnwd train` with the
 same arguments from that tree and from this one, alternating (`--repeats` times each, before
@@ -32,7 +34,8 @@ from bnwd.bench import cpu_model  # noqa: E402
 
 
 def run_once(src: Path, out: Path, a: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "bnwd", "train", "--preset", a.preset, "--variant", a.variant]
+    what = ["reproduce", "--seed-list", "0"] if a.reproduce else ["train", "--variant", a.variant]
+    cmd = [sys.executable, "-m", "bnwd", *what, "--preset", a.preset]
     cmd += ["--out", str(out), "--no-progress", "--device", "cpu"] + (
         ["--data", str(Path(a.data).resolve())] if a.data else []
     )
@@ -44,6 +47,13 @@ def run_once(src: Path, out: Path, a: argparse.Namespace) -> dict:
     if p.returncode:
         raise SystemExit(f"before_after: `{' '.join(cmd)}` failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
     summ = json.loads((out / "summary.json").read_text())
+    if a.reproduce:  # OUT/summary.json: one row per run; training time = the runs' summed wall_s,
+        # without lr_scaled_bn098 (by default a view of lr_scaled's training)
+        runs = [r for r in summ["runs"] if isinstance(r.get("wall_s"), (int, float))]
+        if any(r["variant"] == "lr_scaled" for r in runs):  # the bn098 view repeats lr_scaled's wall_s
+            runs = [r for r in runs if r["variant"] != "lr_scaled_bn098"]
+        acc = {f"{r['variant']}": r["final_test_acc"] for r in summ["runs"]}
+        return {"process_s": wall, "train_wall_s": sum(r["wall_s"] for r in runs), "test_acc": acc}
     return {"process_s": wall, "train_wall_s": summ.get("wall_s"), "test_acc": summ.get("final_test_acc")}
 
 
@@ -57,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="CIFAR-10 folder")
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--variant", default="baseline")
+    ap.add_argument(
+        "--reproduce",
+        action="store_true",
+        help="time `bnwd reproduce --seed-list 0` (all of one seed's runs, as each version schedules them) "
+        "instead of one `bnwd train --variant`",
+    )
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for both")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each, alternating")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
@@ -88,8 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"`{cmd}` on {when}, {cpu_model()}",
-        f"bnwd train --preset {a.preset} --variant {a.variant} {' '.join(a.set)}, {a.repeats} runs of each, alternating",
-        f"{'':26s} process s min / median / max   training s min / median / max",
+        (
+            f"bnwd reproduce --preset {a.preset} --seed-list 0"
+            if a.reproduce
+            else f"bnwd train --preset {a.preset} --variant {a.variant}"
+        )
+        + f" {' '.join(a.set)}, {a.repeats} runs of each, alternating",
+        f"{'':26s} process s min / median / max   training s min / median / max"
+        + (" (summed over the trained runs)" if a.reproduce else ""),
     ]
     for side in ("before", "after"):
         p = [r["process_s"] for r in res[side]]

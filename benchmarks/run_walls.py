@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         done = round(ips * wall / b)  # steps trained in the session that finished the run
         part = "" if done >= steps else f" (resumed at step {steps - done}: the last {done} steps only)"
         rss = f", peak RSS {s['peak_rss_mb']:.0f} MB" if isinstance(s.get("peak_rss_mb"), (int, float)) else ""
-        print(f"{d.name:28s} width {cfg['width']}, {steps} steps: {wall / 60:6.1f} min, {ips:5.0f} img/s{rss}{part}")
+        th = f"{cfg['threads']} thread{'s' * (cfg['threads'] != 1)}" if cfg.get("threads") else "default threads"
+        print(
+            f"{d.name:28s} width {cfg['width']}, {steps} steps, {th}: {wall / 60:6.1f} min, {ips:5.0f} img/s{rss}{part}"
+        )
         if done < steps:
             continue
         total += wall

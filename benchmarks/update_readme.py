@@ -10,7 +10,9 @@ Blocks (between `<!-- NAME:start -->` and `<!-- NAME:end -->`):
   perf      docs/perf.md (written by `python benchmarks/recipe_vs_bnwd.py --out docs/perf.md`)
   ceiling   docs/cpu_ceiling.txt (the output of `python benchmarks/cpu_ceiling.py`)
   before_after  docs/before_after.txt (the output of `python benchmarks/before_after.py`)
-  walls     docs/cpu_preset_wall.txt (the output of `python benchmarks/run_walls.py runs/cpu_after`)
+  walls     docs/cpu_preset_wall.txt (the output of `python benchmarks/run_walls.py runs/cpu_waves`)
+  schedules docs/parallel_cpu.txt (the output of `python benchmarks/schedules.py`)
+  before_after_reproduce  docs/before_after_reproduce.txt (`python benchmarks/before_after.py --reproduce`)
   gpu       docs/gpu/call*/ (written on a lent GPU by `benchmarks/gpu_check.sh`, see docs/gpu/README.md)
   sweep     docs/sweep/summary.json and sweep.json (written by `bnwd sweep ... --out runs/sweep_cpu`,
             copied to docs/sweep by `bnwd sweep --plot`; see docs/sweep/README.md)
@@ -100,6 +102,14 @@ def before_after() -> str:
 
 def walls() -> str:
     return _text("cpu_preset_wall.txt")
+
+
+def schedules() -> str:
+    return _text("parallel_cpu.txt")
+
+
+def before_after_reproduce() -> str:
+    return _text("before_after_reproduce.txt")
 
 
 ARTICLE_IMAGES = 4 * 150 * 50_000  # the article's four runs of 150 epochs
@@ -228,6 +238,8 @@ BLOCKS = {
     "ceiling": ceiling,
     "before_after": before_after,
     "walls": walls,
+    "schedules": schedules,
+    "before_after_reproduce": before_after_reproduce,
     "gpu": gpu,
     "sweep": sweep,
 }

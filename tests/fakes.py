@@ -124,3 +124,16 @@ def benchmark_script(name: str):
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def die_once(spec, out, data, force=False):
+    """A run whose first attempt kills its worker process outright (as the OOM killer or a crash in
+    native code would): the marker file makes the second attempt train normally."""
+    from bnwd.sweep import run_spec
+
+    marker = Path(out) / f"{spec.name}.died"
+    if spec.name.endswith("s1") and not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("")
+        os._exit(9)
+    return run_spec(spec, out, data, force)

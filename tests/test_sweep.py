@@ -240,3 +240,32 @@ def test_reproduce_on_ray_equals_local(tmp_path, fake_data_dir):
     for run in runs:
         a = (tmp_path / "local/runs" / run / "metrics.jsonl").read_text()
         assert a and a == (tmp_path / "ray/runs" / run / "metrics.jsonl").read_text(), run
+
+
+def test_run_progress_reads_each_runs_last_sample_point(tmp_path):
+    """The pool's bar shows, per running run, the last logged step over config.json's total_steps;
+    a run that has not written its config yet is 'starting'."""
+    from bnwd.sweep import _run_progress
+
+    rd = tmp_path / "runs" / "baseline-s0"
+    rd.mkdir(parents=True)
+    (rd / "config.json").write_text(json.dumps({"total_steps": 200}))
+    (rd / "metrics.jsonl").write_text("")
+    assert _run_progress(tmp_path, ["baseline-s0"]) == "baseline-s0 0%"
+    (rd / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (25, 50)))
+    assert _run_progress(tmp_path, ["baseline-s0", "no_conv_l2-s0"]) == "baseline-s0 25%  no_conv_l2-s0 starting"
+
+
+@pytest.mark.timeout(300)
+def test_a_dead_worker_breaks_no_run(tmp_path, fake_data_dir):
+    """A worker killed mid-run takes the whole process pool with it; run_local rebuilds the pool
+    and every run it held trains again, so all four runs finish."""
+    from fakes import die_once
+
+    from bnwd.sweep import run_local
+
+    fixed = {"threads": 1, "epochs": 0.5, "train_subset": 0, "test_subset": 0}
+    specs = expand(parse_grid(["lr=0.1,0.2"]), [0, 1], "smoke", "baseline", fixed)
+    res = run_local(specs, tmp_path, str(fake_data_dir), jobs=2, progress=False, fn=die_once)
+    assert {k: v["status"] for k, v in res.items()} == dict.fromkeys((s.name for s in specs), "done")
+    assert sorted(p.name for p in tmp_path.glob("*.died")) == ["lr=0.1__s1.died", "lr=0.2__s1.died"]

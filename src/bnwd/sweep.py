@@ -244,8 +244,9 @@ def _run_progress(out: Path, names: list[str]) -> str:
             total = json.loads((rd / "config.json").read_text())["total_steps"]
             with open(rd / "metrics.jsonl", "rb") as f:
                 f.seek(max(0, f.seek(0, 2) - 65536))
-                last = f.read().decode(errors="replace").strip().splitlines()[-1]
-            parts.append(f"{name} {100 * json.loads(last)['step'] / total:.0f}%")
+                rows = f.read().decode(errors="replace").strip().splitlines()
+            step = json.loads(rows[-1])["step"] if rows else 0
+            parts.append(f"{name} {100 * step / total:.0f}%")
         except (OSError, ValueError, KeyError, IndexError, TypeError, ZeroDivisionError):
             parts.append(f"{name} starting")
     return "  ".join(parts)
@@ -275,10 +276,16 @@ def run_local(
     progress: bool,
     desc: str = "sweep",
     force: bool = False,
+    fn=None,
 ) -> dict[str, dict]:
     """The process pool behind `sweep` and `reproduce`: `jobs` runs at once, usable_cores // jobs
-    threads each (unless `threads=` is set); a failed run is retried once, then reported. The bar
-    counts finished runs and shows how far the running ones have got."""
+    threads each (unless `threads=` is set); a failed run is retried once, then reported. A worker
+    that dies (killed, out of memory, a crash in native code) breaks the whole pool and every run
+    in it, and the pool cannot say whose worker it was: the pool is rebuilt and those runs resume
+    from their checkpoints without losing an attempt, up to one rebuild per run; after that every
+    run still unfinished is reported failed. The bar counts finished runs and shows how far the
+    running ones have got. `fn(spec, out, data, force)` trains one run (default `run_spec`)."""
+    fn = fn or run_spec
     results: dict[str, dict] = {}
     bar = _progress(len(specs), desc, progress)
 
@@ -291,31 +298,49 @@ def run_local(
         for spec in specs:
             for attempt in (1, 2):
                 try:
-                    record(spec, run_spec(spec, str(out), data, force))
+                    record(spec, fn(spec, str(out), data, force))
                     break
                 except (BnwdError, RuntimeError, ValueError, OSError) as e:
                     if attempt == 2:
                         record(spec, err=one_line(e))
     else:
         from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
 
         specs = _with_threads(specs, max(1, usable_cores() // jobs))
-        with worker_pool(jobs) as pool:
-            pending = {pool.submit(run_spec, s, str(out), data, force): (s, 1) for s in specs}
+        pool, rebuilds = worker_pool(jobs), len(specs)
+        try:
+            pending = {pool.submit(fn, s, str(out), data, force): (s, 1) for s in specs}
             while pending:
                 done, _ = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
                 if bar is not None:
                     running = [s.name for f, (s, _) in pending.items() if f.running()][:jobs]
                     bar.set_postfix_str(_run_progress(out, running), refresh=True)
+                retry, broken = [], None
                 for f in done:
                     spec, attempt = pending.pop(f)
                     try:
                         record(spec, f.result())
+                    except BrokenProcessPool as e:
+                        broken = e
+                        retry.append((spec, attempt - 1, e))  # not its fault as far as we know
                     except Exception as e:  # noqa: BLE001 - a run's failure is data for the summary
-                        if attempt == 1:
-                            pending[pool.submit(run_spec, spec, str(out), data, force)] = (spec, 2)
-                        else:
-                            record(spec, err=one_line(e))
+                        retry.append((spec, attempt, e))
+                if broken is not None:
+                    retry += [(spec, attempt - 1, broken) for spec, attempt in pending.values()]
+                    pending.clear()
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    pool = worker_pool(jobs)
+                    rebuilds -= 1
+                    if rebuilds < 0:  # something kills every pool: stop rather than loop
+                        retry = [(spec, 2, e) for spec, _, e in retry]
+                for spec, attempt, e in retry:
+                    if attempt < 2:
+                        pending[pool.submit(fn, spec, str(out), data, force)] = (spec, attempt + 1)
+                    else:
+                        record(spec, err=one_line(e))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     if bar is not None:
         bar.close()
     return results
