@@ -137,3 +137,8 @@ def die_once(spec, out, data, force=False):
         marker.write_text("")
         os._exit(9)
     return run_spec(spec, out, data, force)
+
+
+def always_die(spec, out, data, force=False):
+    """A run that kills its worker every time."""
+    os._exit(9)

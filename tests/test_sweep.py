@@ -269,3 +269,16 @@ def test_a_dead_worker_breaks_no_run(tmp_path, fake_data_dir):
     res = run_local(specs, tmp_path, str(fake_data_dir), jobs=2, progress=False, fn=die_once)
     assert {k: v["status"] for k, v in res.items()} == dict.fromkeys((s.name for s in specs), "done")
     assert sorted(p.name for p in tmp_path.glob("*.died")) == ["lr=0.1__s1.died", "lr=0.2__s1.died"]
+
+
+@pytest.mark.timeout(300)
+def test_a_run_that_kills_every_pool_is_reported_not_retried_forever(tmp_path):
+    """A pool is rebuilt at most once per run: runs whose workers always die end as failed."""
+    from fakes import always_die
+
+    from bnwd.sweep import run_local
+
+    specs = expand(parse_grid(["lr=0.1,0.2"]), [0], "smoke", "baseline", {})
+    res = run_local(specs, tmp_path, None, jobs=2, progress=False, fn=always_die)
+    assert [v["status"] for v in res.values()] == ["failed", "failed"]
+    assert all("terminated abruptly" in v["error"] or "Broken" in v["error"] for v in res.values())
