@@ -116,7 +116,7 @@ def test_adamw_runs(tmp_path, fake_data):
 
 @pytest.mark.timeout(600)
 def test_reproduce_jobs_equal_serial(tmp_path, fake_data_dir):
-    """`--jobs 2` trains two seeds at once in separate processes; with the same thread count the
+    """`--jobs 2` trains two runs at a time (two seeds, one wave) in separate processes; with the same thread count the
     metrics equal a serial reproduce's, line for line."""
     from bnwd.experiments import reproduce
 

@@ -204,7 +204,7 @@ def run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progre
     """Run `plan_waves`' waves in order (see `reproduce`); returns the finished run directories,
     bn098 views included, and {run name: error} for the runs that failed or could not start."""
     from .runs import write_bn098_view
-    from .sweep import RunSpec, run_local, usable_cores
+    from .sweep import RunSpec, run_local, threads_per_run
     from .train import pick_device
 
     out = Path(out_dir)
@@ -222,7 +222,7 @@ def run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progre
         k = min(jobs, len(ready))
         if not k:
             continue
-        threads = base_over.get("threads") or (max(1, usable_cores() // k) if k > 1 and cpu else 0)
+        threads = base_over.get("threads") or (threads_per_run(k) if k > 1 and cpu else 0)
         if progress:
             names = ", ".join(f"{v}-s{s}" for v, s, _ in ready)
             how = f"{k} at once" + (f", {threads} thread{'s' * (threads > 1)} each" if threads else "")

@@ -252,6 +252,11 @@ def _run_progress(out: Path, names: list[str]) -> str:
     return "  ".join(parts)
 
 
+def threads_per_run(jobs: int) -> int:
+    """Torch threads for each of `jobs` runs side by side: the usable cores split evenly."""
+    return max(1, usable_cores() // jobs)
+
+
 def _with_threads(specs: list[RunSpec], threads: int) -> list[RunSpec]:
     """Each run with `threads` torch threads, unless its overrides set `threads`."""
     return [
@@ -307,7 +312,7 @@ def run_local(
         from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        specs = _with_threads(specs, max(1, usable_cores() // jobs))
+        specs = _with_threads(specs, threads_per_run(jobs))
         pool, rebuilds = worker_pool(jobs), len(specs)
         try:
             pending = {pool.submit(fn, s, str(out), data, force): (s, 1) for s in specs}
