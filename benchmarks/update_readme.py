@@ -13,6 +13,7 @@ Blocks (between `<!-- NAME:start -->` and `<!-- NAME:end -->`):
   walls     docs/cpu_preset_wall.txt (the output of `python benchmarks/run_walls.py runs/cpu_waves`)
   schedules docs/parallel_cpu.txt (the output of `python benchmarks/schedules.py`)
   before_after_reproduce  docs/before_after_reproduce.txt (`python benchmarks/before_after.py --reproduce`)
+  before_after_follow  docs/before_after_follow.txt (the same, lr_scaled beside its baseline or after it)
   gpu       docs/gpu/call*/ (written on a lent GPU by `benchmarks/gpu_check.sh`, see docs/gpu/README.md)
   sweep     docs/sweep/summary.json and sweep.json (written by `bnwd sweep ... --out runs/sweep_cpu`,
             copied to docs/sweep by `bnwd sweep --plot`; see docs/sweep/README.md)
@@ -110,6 +111,10 @@ def schedules() -> str:
 
 def before_after_reproduce() -> str:
     return _text("before_after_reproduce.txt")
+
+
+def before_after_follow() -> str:
+    return _text("before_after_follow.txt")
 
 
 ARTICLE_IMAGES = 4 * 150 * 50_000  # the article's four runs of 150 epochs
@@ -240,6 +245,7 @@ BLOCKS = {
     "walls": walls,
     "schedules": schedules,
     "before_after_reproduce": before_after_reproduce,
+    "before_after_follow": before_after_follow,
     "gpu": gpu,
     "sweep": sweep,
 }

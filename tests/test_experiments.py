@@ -130,8 +130,8 @@ def test_reproduce_jobs_equal_serial(tmp_path, fake_data_dir):
 
 
 def test_waves_put_lr_scaled_after_every_baseline_it_reads():
-    """lr_scaling=reference: lr_scaled reads its seed's finished baseline, so it waits in a second
-    wave; without a reference every run can start at once."""
+    """lr_scaling=reference: lr_scaled reads its seed's baseline, so without `follow` it waits in a
+    second wave; without a reference every run can start at once."""
     from bnwd.experiments import plan_waves
 
     runs = ["baseline", "no_conv_l2", "lr_scaled"]
@@ -140,6 +140,10 @@ def test_waves_put_lr_scaled_after_every_baseline_it_reads():
         [("lr_scaled", 0), ("lr_scaled", 1)],
     ]
     assert plan_waves([0], runs, reads_baseline=False) == [[("baseline", 0), ("no_conv_l2", 0), ("lr_scaled", 0)]]
+    # following its baseline as both train: one wave, each lr_scaled right after its baseline
+    assert plan_waves([0, 1], runs, reads_baseline=True, follow=True) == [
+        [("baseline", 0), ("lr_scaled", 0), ("no_conv_l2", 0), ("baseline", 1), ("lr_scaled", 1), ("no_conv_l2", 1)]
+    ]
 
 
 def test_jobs_auto_is_one_run_per_core_within_memory(monkeypatch):
@@ -155,6 +159,12 @@ def test_jobs_auto_is_one_run_per_core_within_memory(monkeypatch):
     monkeypatch.setattr(sweep, "_free_memory_gb", lambda: 0.5)
     assert sweep.resolve_jobs("auto", "cpu") == 1
     assert sweep.resolve_jobs("3", "cpu") == 3 and sweep.resolve_jobs(2, "cpu") == 2
+    # one seed's runs that follow each other go at once even on fewer cores, memory permitting
+    monkeypatch.setattr(sweep, "usable_cores", lambda: 2)
+    monkeypatch.setattr(sweep, "_free_memory_gb", lambda: 20.0)
+    assert sweep.resolve_jobs("auto", "cpu", at_least=3) == 3 and sweep.resolve_jobs("auto", "cpu") == 2
+    monkeypatch.setattr(sweep, "_free_memory_gb", lambda: 3.5)
+    assert sweep.resolve_jobs("auto", "cpu", at_least=3) == 2
     for bad in ("0", "many", -1):
         with pytest.raises(ConfigError):
             sweep.resolve_jobs(bad, "cpu")

@@ -10,7 +10,7 @@ import torch
 
 from bnwd import train as T
 from bnwd.config import PRESET_VALUES, bn098_momentum, make_config, resolved
-from bnwd.errors import ConfigError
+from bnwd.errors import BnwdError, ConfigError
 from bnwd.experiments import reproduce, resolve_seeds
 from bnwd.optim import article_epoch, article_piecewise
 from bnwd.sweep import usable_cores
@@ -222,14 +222,15 @@ def test_shadow_bn_stats_follow_a_bn_at_the_second_momentum(m):
 @pytest.mark.timeout(600)
 def test_reproduce_trains_three_runs_for_four(tmp_path, fake_data_dir):
     """`reproduce` writes four article runs per seed, lr_scaled_bn098 as a view of lr_scaled's training."""
-    res = reproduce("smoke", data=str(fake_data_dir), out=str(tmp_path), progress=False, seed_list="3", jobs=2,
+    res = reproduce("smoke", data=str(fake_data_dir), out=str(tmp_path), progress=False, seed_list="3", jobs=3,
                     overrides={"train_subset": 0, "test_subset": 0})  # fmt: skip
     names = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert names == ["baseline-s3", "lr_scaled-s3", "lr_scaled_bn098-s3", "no_conv_l2-s3"]
-    # jobs=2: baseline and no_conv_l2 side by side, threads split; then lr_scaled alone, torch's default
-    threads = {n: json.loads((tmp_path / "runs" / n / "config.json").read_text())["threads"] for n in names}
-    split = max(1, usable_cores() // 2)
-    assert threads == {"baseline-s3": split, "no_conv_l2-s3": split, "lr_scaled-s3": 0, "lr_scaled_bn098-s3": 0}
+    # jobs=3: the three trainings at once, threads split; lr_scaled reads its baseline as it trains
+    cfgs = {n: json.loads((tmp_path / "runs" / n / "config.json").read_text()) for n in names}
+    split = max(1, usable_cores() // 3)
+    assert {n: c["threads"] for n, c in cfgs.items()} == dict.fromkeys(names, split)
+    assert cfgs["lr_scaled-s3"]["reference_wait"] > 0 and cfgs["baseline-s3"]["reference_wait"] == 0
     assert not (tmp_path / "runs/lr_scaled_bn098-s3/checkpoint.pt").exists()
     claims = json.loads((tmp_path / "claims.json").read_text())
     assert {c["id"] for c in claims} >= {"no_conv_l2_accuracy_cost", "bn098_removes_deficit"}
@@ -278,3 +279,94 @@ def test_blog_preset_is_the_article():
     c = make_config("blog")
     assert (c.conv_weight_decay, c.weight_decay, c.bn_momentum, c.lr_scaling) == (2e-4, 2e-4, 0.003, "article")
     assert (c.epochs, c.lr_milestones, c.width, c.conv_init_scale) == (150.0, [50.0, 100.0], 16, 1.0)
+
+
+# ---------------------------------------------------------------- lr_scaled beside its baseline
+
+
+def fake_baseline(d, rows, finished=False):
+    """A baseline run directory as `train` writes it: S(0) in config.json from the start."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"variant": "baseline", "initial_conv_sqsum": 10.0}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if finished:
+        (d / "summary.json").write_text(json.dumps({"initial_conv_sqsum": 10.0, "finished": True}))
+
+
+ROWS = [{"step": 4 * k, "epoch": k / 4, "conv_sqsum": 10.0 + k * k} for k in range(1, 9)]
+
+
+@pytest.mark.timeout(60)
+def test_reference_waits_for_the_rows_of_a_baseline_still_training(tmp_path):
+    """S_ref(e) between sample points k and k+1 needs row k+1: `at` blocks until the training
+    baseline appends it, then equals the interpolation over the finished run's rows."""
+    import threading
+    import time
+
+    run = tmp_path / "baseline-s0"
+    fake_baseline(run, ROWS[:3])
+    fake_baseline(tmp_path / "done", ROWS, finished=True)
+    follow = T.ReferenceNorms("reference", cfg(variant="lr_scaled", reference=str(run), reference_wait=30), 0.0, [])
+    done = T.ReferenceNorms("reference", cfg(variant="lr_scaled", reference=str(tmp_path / "done")), 0.0, [])
+    assert follow.at(0.6) == done.at(0.6) and not follow.finished
+
+    def finish_later():
+        for k in range(3, len(ROWS)):
+            time.sleep(0.1)
+            with open(run / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(ROWS[k]) + "\n")
+        (run / "summary.json").write_text(json.dumps({"initial_conv_sqsum": 10.0, "finished": True}))
+
+    writer = threading.Thread(target=finish_later)
+    t0 = time.monotonic()
+    writer.start()
+    got = [follow.at(e) for e in (0.0, 0.8, 1.3, 1.9, 2.0)]  # 0.8 needs row 4, written ~0.1 s later
+    writer.join()
+    assert time.monotonic() - t0 > 0.5  # it waited for the last rows
+    assert got == [done.at(e) for e in (0.0, 0.8, 1.3, 1.9, 2.0)] and follow.finished
+
+
+@pytest.mark.timeout(60)
+def test_reference_that_stops_writing_is_given_up_on(tmp_path):
+    """An unfinished reference that writes nothing for reference_wait s ends the wait with its name."""
+    import time
+
+    run = tmp_path / "baseline-s0"
+    fake_baseline(run, ROWS[:2])
+    ref = T.ReferenceNorms("reference", cfg(variant="lr_scaled", reference=str(run), reference_wait=0.5), 0.0, [])
+    t0 = time.monotonic()
+    with pytest.raises(BnwdError, match=r"baseline-s0 is not finished and wrote nothing for 0.5 s"):
+        ref.at(1.0)
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.timeout(60)
+def test_reference_marked_failed_ends_the_wait_at_once(tmp_path):
+    """`failed.txt` (written by the pool that gave up on the baseline) stops a reader with its reason."""
+    run = tmp_path / "baseline-s0"
+    fake_baseline(run, [])
+    (run / "failed.txt").write_text("loss became NaN\n")
+    with pytest.raises(BnwdError, match="failed \\(loss became NaN\\)"):
+        T.ReferenceNorms("reference", cfg(variant="lr_scaled", reference=str(run), reference_wait=3600), 0.0, [])
+
+
+def test_unfinished_reference_without_wait_is_refused(tmp_path):
+    fake_baseline(tmp_path / "b", ROWS[:2])
+    with pytest.raises(ConfigError, match="not a finished baseline run"):
+        T.ReferenceNorms("reference", cfg(variant="lr_scaled", reference=str(tmp_path / "b")), 0.0, [])
+
+
+@pytest.mark.timeout(600)
+def test_lr_scaled_beside_its_baseline_equals_lr_scaled_after_it(tmp_path, fake_data_dir):
+    """`reproduce --jobs 2` trains baseline and lr_scaled at once, lr_scaled reading the baseline's
+    rows as they are written; with the same threads its metrics equal a serial reproduce's
+    (lr_scaled after the finished baseline), line for line."""
+    kw = dict(data=str(fake_data_dir), progress=False, seed_list="0", variants=["baseline", "lr_scaled"])
+    ov = {"train_subset": 0, "test_subset": 0, "threads": 1, "bn098_view": False}
+    reproduce("smoke", out=str(tmp_path / "serial"), overrides=ov, jobs=1, **kw)
+    reproduce("smoke", out=str(tmp_path / "par"), overrides=ov, jobs=2, **kw)
+    par = json.loads((tmp_path / "par/runs/lr_scaled-s0/config.json").read_text())
+    assert par["reference_wait"] > 0 and par["reference"].endswith("par/runs/baseline-s0")
+    for run in ("baseline-s0", "lr_scaled-s0"):
+        a = (tmp_path / "serial/runs" / run / "metrics.jsonl").read_text()
+        assert a and a == (tmp_path / "par/runs" / run / "metrics.jsonl").read_text(), run

@@ -282,3 +282,21 @@ def test_a_run_that_kills_every_pool_is_reported_not_retried_forever(tmp_path):
     res = run_local(specs, tmp_path, None, jobs=2, progress=False, fn=always_die)
     assert [v["status"] for v in res.values()] == ["failed", "failed"]
     assert all("terminated abruptly" in v["error"] or "Broken" in v["error"] for v in res.values())
+
+
+def test_a_run_given_up_on_is_marked_failed_and_the_mark_cleared_on_the_next_call(tmp_path):
+    """run_local writes RUN/failed.txt with the error of a run it gives up on (a reader of that run
+    stops waiting: `train.ReferenceNorms`), and removes it before it runs that run again."""
+    from bnwd.sweep import run_local
+
+    specs = expand(parse_grid(["lr=0.1"]), [0], "smoke", "baseline", {})
+    mark = tmp_path / "runs" / specs[0].name / "failed.txt"
+
+    def boom(spec, out, data, force):
+        raise RuntimeError("boom")
+
+    res = run_local(specs, tmp_path, None, jobs=1, progress=False, fn=boom)
+    assert res[specs[0].name]["status"] == "failed" and mark.read_text().strip() == "RuntimeError: boom"
+    seen = []
+    res = run_local(specs, tmp_path, None, jobs=1, progress=False, fn=lambda *a: seen.append(mark.exists()) or {})
+    assert res[specs[0].name]["status"] == "done" and seen == [False] and not mark.exists()

@@ -50,6 +50,10 @@ class Config:
     lr_scaling: str = "article"  # article | reference | exact
     reference: str = ""  # finished baseline run dir, for lr_scaling=reference
     reference_mode: str = "global"  # global | layer: S_ref summed over convs or per conv layer
+    # s: 0 = the reference must be finished; > 0 = it may still be training (`reproduce` runs
+    # lr_scaled beside its baseline): lr_scaled waits for each metrics row it needs, and gives up
+    # when the reference writes nothing for this long or is marked failed
+    reference_wait: float = 0.0
     # bookkeeping
     sample_every: float = 0.25  # epochs between metric sample points (the article: quarter epoch)
     eval_every: float = 1.0  # epochs between test-set evaluations
@@ -83,7 +87,7 @@ class Config:
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune")
 
 # Keys that do not change the result: a run may be resumed with different values.
-RUNTIME_KEYS = ("device", "threads", "tensorboard", "compile", "compile_mode")
+RUNTIME_KEYS = ("device", "threads", "tensorboard", "compile", "compile_mode", "reference_wait")
 
 # The article's dimensionless numbers (design.md, "Shrinking the experiment"): with N steps per
 # lr stage, the conv norms relax over N * 2 lr lam / (1 - mu) e-folding times per stage and the
@@ -218,6 +222,7 @@ def validate(cfg: Config) -> None:
     need(
         cfg.reference_mode in ("global", "layer"), f"reference_mode must be global or layer, got {cfg.reference_mode!r}"
     )
+    need(cfg.reference_wait >= 0, f"reference_wait is seconds >= 0, got {cfg.reference_wait}")
     need(cfg.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {cfg.amp!r}")
     need(
         cfg.channels_last in ("auto", "on", "off"), f"channels_last must be auto, on or off, got {cfg.channels_last!r}"

@@ -45,19 +45,38 @@ def resolve_seeds(seeds: int | None = None, seed_list: str | list[int] | None = 
     return list(range(n))
 
 
-def run_overrides(preset: str, variant: str, seed: int, base_over: dict, out_dir: str | Path) -> dict:
-    """One run's overrides: `lr_scaling=reference` reads the same seed's baseline run."""
+REFERENCE_WAIT_S = 3600.0  # s a following lr_scaled waits for its baseline's next file change
+
+
+def run_overrides(
+    preset: str, variant: str, seed: int, base_over: dict, out_dir: str | Path, follow: bool = False
+) -> dict:
+    """One run's overrides: `lr_scaling=reference` reads the same seed's baseline run; with
+    `follow`, while that baseline trains (`train.ReferenceNorms`)."""
     ov = {**base_over, "variant": variant, "seed": seed}
     probe = make_config(preset, base_over)
     if variant.startswith("lr_scaled") and probe.lr_scaling == "reference" and not probe.reference:
         ov["reference"] = str(Path(out_dir) / "runs" / f"baseline-s{seed}")
+        if follow and not probe.reference_wait:
+            ov["reference_wait"] = REFERENCE_WAIT_S
     return ov
 
 
-def plan_waves(seeds: list[int], trained: list[str], reads_baseline: bool) -> list[list[tuple[str, int]]]:
+def plan_waves(
+    seeds: list[int], trained: list[str], reads_baseline: bool, follow: bool = False
+) -> list[list[tuple[str, int]]]:
     """The (variant, seed) runs in waves: every run of a wave can start at once. With
-    `reads_baseline` (lr_scaling=reference) the lr_scaled runs form a second wave, after every
-    baseline; otherwise there is one wave. Baselines come first inside a wave."""
+    `reads_baseline` (lr_scaling=reference) and not `follow`, the lr_scaled runs form a second
+    wave, after every baseline; otherwise there is one wave. With `follow` lr_scaled reads its
+    baseline while both train, one sample point behind it: it comes right after its baseline
+    (a pool starts runs in order, so the baseline it waits for has always started)."""
+    if reads_baseline and follow:
+        first = [
+            (v, s)
+            for s in seeds
+            for v in sorted(trained, key=lambda v: (v != "baseline", not v.startswith("lr_scaled")))
+        ]
+        return [first]
     first = [(v, s) for v in trained for s in seeds if not (reads_baseline and v.startswith("lr_scaled"))]
     second = [(v, s) for v in trained for s in seeds if reads_baseline and v.startswith("lr_scaled")]
     return [w for w in (first, second) if w]
@@ -133,14 +152,18 @@ def reproduce(
     two train identically, and the lr_scaled run keeps the 0.98-equivalent BN statistics too;
     OUT/runs/lr_scaled_bn098-s<seed> is then written from it (`runs.write_bn098_view`).
 
-    The runs go in waves (`plan_waves`): with `lr_scaling=reference` the lr_scaled runs wait for
-    every baseline. Each wave runs min(`jobs`, its runs) at once in separate processes, each with
-    usable_cores // that many torch threads unless `threads=` is given; a wave of one runs in this
-    process with the torch default. `jobs="auto"` (`sweep.resolve_jobs`): one run per core on CPU,
-    up to 8 sharing a GPU. So on 2 cores one seed of the `cpu` preset trains baseline and
-    no_conv_l2 side by side with 1 thread each, then lr_scaled with 2. Thread counts follow from
-    the plan, never from timing; a run's metrics depend on its thread count only through float
-    rounding, and with equal thread counts they are identical to a serial reproduce's.
+    The runs go in waves (`plan_waves`). With `lr_scaling=reference` lr_scaled reads its seed's
+    baseline while both train (`follow`: it waits for each of the baseline's sample points it
+    needs, `train.ReferenceNorms`), so a seed's runs form one wave, lr_scaled right after its
+    baseline; with a fixed `reference=` there is nothing to wait for. Each wave runs
+    min(`jobs`, its runs) at once in separate processes, each with usable_cores // that many
+    torch threads unless `threads=` is given; a wave of one runs in this process with the torch
+    default. `jobs="auto"` (`sweep.resolve_jobs`): on CPU one run per core but at least one
+    seed's runs, within the free memory; up to 8 sharing a GPU. So on 2 cores one seed of the
+    `cpu` preset trains baseline, lr_scaled and no_conv_l2 at once, with 1 thread each. Thread
+    counts follow from the plan, never from timing; a run's metrics depend on its thread count
+    only through float rounding, and with equal thread counts they are identical to a serial
+    reproduce's (where lr_scaled reads the finished baseline).
 
     `engine="ray"` runs each seed's chain of runs as one Ray task (`sweep.ray_map`; `address`
     joins a cluster, else a local instance starts and stops with the call); a seed whose chain
@@ -169,7 +192,10 @@ def reproduce(
         variants.insert(0, "baseline")
     variants = sorted(set(variants), key=VARIANTS.index)
     trained = [v for v in variants if not (view and v == "lr_scaled_bn098")]
-    jobs = resolve_jobs(jobs, probe.device)
+    # Locally lr_scaled follows its baseline as both train (one wave); a Ray task trains a seed's
+    # runs one after the other, on whichever node it lands.
+    follow = engine == "local" and needs_ref and not probe.reference
+    jobs = resolve_jobs(jobs, probe.device, at_least=len(trained) if follow else 1)
     if engine == "ray":
         from .sweep import _import_ray, ray_map, ray_resources
 
@@ -191,8 +217,8 @@ def reproduce(
             raise BnwdError(f"every seed failed; first error: {next(iter(failed.values()))}")
         return write_outputs([Path(d) for d in run_dirs], out_dir)
     dataset = load_cifar10(data)  # fail here, once, on missing or bad data
-    waves = plan_waves(seeds_, trained, needs_ref and not probe.reference)
-    run_dirs, failed = run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progress, dataset)
+    waves = plan_waves(seeds_, trained, needs_ref and not probe.reference, follow)
+    run_dirs, failed = run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progress, dataset, follow)
     for name, err in failed.items():
         print(f"bnwd: {name} failed: {err}", flush=True)
     if not run_dirs:
@@ -200,7 +226,7 @@ def reproduce(
     return write_outputs([Path(d) for d in run_dirs], out_dir)
 
 
-def run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progress, dataset):
+def run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progress, dataset, follow=False):
     """Run `plan_waves`' waves in order (see `reproduce`); returns the finished run directories,
     bn098 views included, and {run name: error} for the runs that failed or could not start."""
     from .runs import write_bn098_view
@@ -214,7 +240,7 @@ def run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progre
     for i, wave in enumerate(waves, 1):
         ready = []
         for v, s in wave:
-            ov = run_overrides(preset, v, s, base_over, out)
+            ov = run_overrides(preset, v, s, base_over, out, follow)
             if "reference" in ov and f"baseline-s{s}" in failed:
                 failed[f"{v}-s{s}"] = f"not started: its reference baseline-s{s} failed"
             else:

@@ -4,6 +4,7 @@ RUN/config.json     the resolved config
 RUN/metrics.jsonl   one JSON object per sample point
 RUN/summary.json    written when the run finishes
 RUN/checkpoint.pt   model, optimizer, monitor, step, config; written atomically
+RUN/failed.txt      why the run failed, when a pool gave up on it (removed when it starts again)
 
 Several runs of one variant (seeds) aggregate to mean +- std curves (`aggregate`).
 """
@@ -27,6 +28,7 @@ from .config import VARIANTS
 from .errors import BnwdError, CheckpointError
 
 CONFIG, METRICS, SUMMARY, CKPT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
+FAILED = "failed.txt"
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:

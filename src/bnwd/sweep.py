@@ -16,6 +16,7 @@ the per-layer predictions from their measured grad_sq_unit (`theory.sgd_equilibr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -211,11 +212,13 @@ RUN_MEMORY_GB = 1.5  # one training process, cpu preset: 1.12 GB peak RSS (READM
 GPU_AUTO_JOBS = 8  # runs sharing one GPU under --jobs auto
 
 
-def resolve_jobs(jobs: int | str, device: str = "auto") -> int:
-    """`--jobs auto`: on CPU one run per usable core, as many as the free memory holds at
-    RUN_MEMORY_GB each (on 2 cores, two 1-thread runs side by side finish 1.29x sooner than the
-    same two one after the other with 2 threads: docs/parallel_cpu.txt); on CUDA GPU_AUTO_JOBS runs
-    share the GPU (8 together: 2.1x one run's img/s on an H200, docs/gpu/call2/parallel.json)."""
+def resolve_jobs(jobs: int | str, device: str = "auto", at_least: int = 1) -> int:
+    """`--jobs auto`: on CPU one run per usable core, and at least `at_least` (runs that read each
+    other as they train, `reproduce`'s baseline and lr_scaled, go at once), as many as the free
+    memory holds at RUN_MEMORY_GB each (on 2 cores, two 1-thread runs side by side finish 1.29x
+    sooner than the same two one after the other with 2 threads: docs/parallel_cpu.txt); on CUDA
+    GPU_AUTO_JOBS runs share the GPU (8 together: 2.1x one run's img/s on an H200,
+    docs/gpu/call2/parallel.json)."""
     if isinstance(jobs, str) and jobs.strip().lower() != "auto":
         try:
             jobs = int(jobs)
@@ -230,8 +233,8 @@ def resolve_jobs(jobs: int | str, device: str = "auto") -> int:
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return GPU_AUTO_JOBS
     free = _free_memory_gb()
-    by_memory = usable_cores() if free is None else max(1, int(free // RUN_MEMORY_GB))
-    return max(1, min(usable_cores(), by_memory))
+    by_memory = max(usable_cores(), at_least) if free is None else max(1, int(free // RUN_MEMORY_GB))
+    return max(1, min(max(usable_cores(), at_least), by_memory))
 
 
 def _run_progress(out: Path, names: list[str]) -> str:
@@ -290,12 +293,22 @@ def run_local(
     from their checkpoints without losing an attempt, up to one rebuild per run; after that every
     run still unfinished is reported failed. The bar counts finished runs and shows how far the
     running ones have got. `fn(spec, out, data, force)` trains one run (default `run_spec`)."""
+    from .runs import FAILED, atomic_write
+
     fn = fn or run_spec
     results: dict[str, dict] = {}
     bar = _progress(len(specs), desc, progress)
+    order = {s.name: i for i, s in enumerate(specs)}
+    for spec in specs:  # a marker left by an earlier call would stop a reader of this run at once
+        with contextlib.suppress(OSError):
+            (Path(out) / "runs" / spec.name / FAILED).unlink()
 
     def record(spec, res=None, err=None):
         results[spec.name] = {"status": "done", **(res or {})} if err is None else {"status": "failed", "error": err}
+        if err is not None:  # runs reading this one while it trains (ReferenceNorms) stop waiting
+            with contextlib.suppress(OSError):
+                (Path(out) / "runs" / spec.name).mkdir(parents=True, exist_ok=True)
+                atomic_write(Path(out) / "runs" / spec.name / FAILED, err + "\n")
         if bar is not None:
             bar.update(1)
 
@@ -339,7 +352,8 @@ def run_local(
                     rebuilds -= 1
                     if rebuilds < 0:  # something kills every pool: stop rather than loop
                         retry = [(spec, 2, e) for spec, _, e in retry]
-                for spec, attempt, e in retry:
+                # in submission order: a run that reads another while it trains starts after it
+                for spec, attempt, e in sorted(retry, key=lambda r: order[r[0].name]):
                     if attempt < 2:
                         pending[pool.submit(fn, spec, str(out), data, force)] = (spec, attempt + 1)
                     else:

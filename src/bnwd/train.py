@@ -31,6 +31,7 @@ from .optim import article_epoch, article_piecewise, lr_factor, make_optimizer, 
 from .runs import (
     CKPT,
     CONFIG,
+    FAILED,
     METRICS,
     SUMMARY,
     atomic_write,
@@ -66,22 +67,48 @@ class ReferenceNorms:
     """S_ref(epoch): the baseline's sum of squared conv weights, globally or per conv layer.
 
     `article`: S(0) / p(article_epoch(epoch)), the article's piecewise fit with its lr stages
-    mapped onto the run's; `reference`: interpolated from a finished baseline run's metrics.
+    mapped onto the run's; `reference`: interpolated from a baseline run's metrics. The baseline
+    may still be training when `cfg.reference_wait` > 0 (`reproduce` runs lr_scaled beside it):
+    S_ref between two sample points needs the later one, so `at` waits until the baseline has
+    written it. The rows read are the rows a finished baseline holds, so the factor is the same.
     """
+
+    POLL_S = 0.2  # s between looks at an unfinished reference
 
     def __init__(self, mode: str, cfg: C.Config, s0: float, names: list[str]):
         self.mode, self.cfg, self.s0, self.names = mode, cfg, s0, names
         self.per_layer = mode == "reference" and cfg.reference_mode == "layer"
+        self.finished = True
         if mode == "reference":
-            self._load(Path(cfg.reference))
+            self.run = Path(cfg.reference)
+            self.finished = (self.run / SUMMARY).exists()
+            if not self.finished and not cfg.reference_wait:
+                raise ConfigError(
+                    f"reference={self.run} is not a finished baseline run (needs metrics.jsonl and summary.json)"
+                )
+            self._wait(lambda: self._load(self.run), "while lr_scaled waited for its start")
 
-    def _load(self, run: Path) -> None:
-        if not (run / SUMMARY).exists() or not (run / METRICS).exists():
+    def _load(self, run: Path) -> bool:
+        """Read the reference's rows; False while an unfinished one has not written its start."""
+        self.finished = (run / SUMMARY).exists()
+        if self.finished and not (run / METRICS).exists():
             raise ConfigError(f"reference={run} is not a finished baseline run (needs metrics.jsonl and summary.json)")
-        rows, summary = read_metrics(run / METRICS), read_json(run / SUMMARY)
-        variant = read_json(run / CONFIG).get("variant")
-        if variant != "baseline":
-            raise ConfigError(f"reference={run} is a {variant!r} run; it must be a baseline run")
+        if not (run / CONFIG).exists():
+            if self.finished:
+                raise ConfigError(f"reference={run} has no config.json; it is not a run directory")
+            return False
+        doc = read_json(run / CONFIG)
+        if doc.get("variant") != "baseline":
+            raise ConfigError(f"reference={run} is a {doc.get('variant')!r} run; it must be a baseline run")
+        # S(0): in summary.json, and in config.json from a run's start on (older runs: summary only)
+        init = read_json(run / SUMMARY) if self.finished else doc
+        if "initial_conv_sqsum" not in init and not self.finished:
+            return False
+        rows = read_metrics(run / METRICS)
+        if not rows:
+            if self.finished:
+                raise ConfigError(f"reference={run} has an empty metrics.jsonl")
+            return False
         # Sample points sit at the ends of windows; epoch 0 is the reference's initial norm.
         self.epoch = np.array([0.0] + [r["epoch"] for r in rows])
         if self.per_layer:
@@ -91,20 +118,49 @@ class ReferenceNorms:
                     f"reference={run} has no per-layer norms for {missing[0]} "
                     "(was it trained with log_layers=false or another model?)"
                 )
-            init = summary.get("initial_layer_sqnorm", {})
-            first = [init.get(n, rows[0][f"sqnorm/conv/{n}"]) for n in self.names]
+            first = [init.get("initial_layer_sqnorm", {}).get(n, rows[0][f"sqnorm/conv/{n}"]) for n in self.names]
             self.ref = np.array([first] + [[r[f"sqnorm/conv/{n}"] for n in self.names] for r in rows])
         else:
-            s0 = summary.get("initial_conv_sqsum") or rows[0]["conv_sqsum"]
+            s0 = init.get("initial_conv_sqsum") or rows[0]["conv_sqsum"]
             self.ref = np.array([s0] + [r["conv_sqsum"] for r in rows])
+        return True
+
+    def _wait(self, ready, what: str) -> None:
+        """Poll `ready()` until true. Gives up when the reference is marked failed (`runs.FAILED`,
+        written by the pool that ran it) or its files stay unchanged for `reference_wait` s."""
+        last, since = None, time.monotonic()
+        while not ready():
+            if (self.run / FAILED).exists():
+                why = (self.run / FAILED).read_text().strip()
+                raise BnwdError(f"reference={self.run} failed ({why}); lr_scaled cannot go on without it")
+            stamp = [_stamp(self.run / CONFIG), _stamp(self.run / METRICS)]
+            if stamp != last:
+                last, since = stamp, time.monotonic()
+            elif time.monotonic() - since > self.cfg.reference_wait:
+                raise BnwdError(
+                    f"reference={self.run} is not finished and wrote nothing for {self.cfg.reference_wait:g} s "
+                    f"{what}; is it still training? (reference_wait= sets how long to wait)"
+                )
+            time.sleep(self.POLL_S)
 
     def at(self, epoch: float) -> np.ndarray | float:
         if self.mode == "article":
             cfg = self.cfg
             return self.s0 / article_piecewise(article_epoch(epoch, cfg.lr_milestones, cfg.epochs))
+        if not self.finished and epoch > self.epoch[-1]:
+            has = lambda: self._load(self.run) and (self.finished or self.epoch[-1] >= epoch)  # noqa: E731
+            self._wait(has, f"while lr_scaled waited for epoch {epoch:.3f}")
         if self.per_layer:
             return np.array([np.interp(epoch, self.epoch, self.ref[:, i]) for i in range(self.ref.shape[1])])
         return float(np.interp(epoch, self.epoch, self.ref))
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 # ---------------------------------------------------------------- BN statistics at a second momentum
@@ -649,6 +705,8 @@ def train(
     what = prepare_run_dir(cfg, out, resume, force)
     if what == "done":
         return json.loads((out / "summary.json").read_text())
+    with contextlib.suppress(FileNotFoundError):
+        (out / FAILED).unlink()  # this attempt may succeed; readers wait for it again
     threads = torch.get_num_threads()
     try:  # `threads=` is process-wide in torch: give the caller its setting back
         return _train(cfg, out, data, progress, dataset)
@@ -666,6 +724,9 @@ def _train(cfg: C.Config, out: Path, data, progress: bool, dataset) -> dict:
         "total_steps": trainer.total_steps,
         "n_train": trainer.data.n_train,
         "n_test": trainer.data.n_test,
+        # S(0), for an lr_scaled run that reads this one while it trains (`ReferenceNorms`)
+        "initial_conv_sqsum": trainer.init_conv_sqsum,
+        "initial_layer_sqnorm": trainer.init_layer_sqnorm,
     }
     atomic_write(out / "config.json", json.dumps(doc, indent=1))
     return trainer.run()
