@@ -14,6 +14,8 @@ Blocks (between `<!-- NAME:start -->` and `<!-- NAME:end -->`):
   schedules docs/parallel_cpu.txt (the output of `python benchmarks/schedules.py`)
   before_after_reproduce  docs/before_after_reproduce.txt (`python benchmarks/before_after.py --reproduce`)
   before_after_follow  docs/before_after_follow.txt (the same, lr_scaled beside its baseline or after it)
+  walls_follow  docs/cpu_follow_wall.txt (`python benchmarks/run_walls.py runs/cpu_follow`)
+  budget    docs/preset_budget.txt (the output of `python benchmarks/preset_budget.py`)
   gpu       docs/gpu/call*/ (written on a lent GPU by `benchmarks/gpu_check.sh`, see docs/gpu/README.md)
   sweep     docs/sweep/summary.json and sweep.json (written by `bnwd sweep ... --out runs/sweep_cpu`,
             copied to docs/sweep by `bnwd sweep --plot`; see docs/sweep/README.md)
@@ -115,6 +117,14 @@ def before_after_reproduce() -> str:
 
 def before_after_follow() -> str:
     return _text("before_after_follow.txt")
+
+
+def walls_follow() -> str:
+    return _text("cpu_follow_wall.txt")
+
+
+def budget() -> str:
+    return _text("preset_budget.txt")
 
 
 ARTICLE_IMAGES = 4 * 150 * 50_000  # the article's four runs of 150 epochs
@@ -246,6 +256,8 @@ BLOCKS = {
     "schedules": schedules,
     "before_after_reproduce": before_after_reproduce,
     "before_after_follow": before_after_follow,
+    "walls_follow": walls_follow,
+    "budget": budget,
     "gpu": gpu,
     "sweep": sweep,
 }

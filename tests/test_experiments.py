@@ -129,10 +129,27 @@ def test_reproduce_jobs_equal_serial(tmp_path, fake_data_dir):
         assert a and a == (tmp_path / "par/runs" / run / "metrics.jsonl").read_text(), run
 
 
+@pytest.mark.timeout(600)
+def test_finished_runs_take_no_place_in_a_wave(tmp_path, fake_data_dir):
+    """A second reproduce with one more seed keeps seed 0's finished runs outside the pool: with
+    jobs=2 (two waves) the new lr_scaled-s1 is then the only run of the second wave and gets every
+    thread (threads 0, torch's default), not half of them beside a run that is already done."""
+    from bnwd.experiments import reproduce
+
+    kw = dict(data=str(fake_data_dir), progress=False, jobs=2, out=str(tmp_path))
+    ov = {"train_subset": 0, "test_subset": 0, "epochs": 1.0, "lr_milestones": [0.5, 0.75], "bn098_view": False}
+    runs = ["baseline", "no_conv_l2", "lr_scaled"]  # three runs, two jobs: two waves
+    reproduce("smoke", overrides=ov, seed_list="0", variants=runs, **kw)
+    before = (tmp_path / "runs/lr_scaled-s0/metrics.jsonl").read_text()
+    reproduce("smoke", overrides=ov, seed_list="0,1", variants=runs, **kw)
+    assert json.loads((tmp_path / "runs/lr_scaled-s1/config.json").read_text())["threads"] == 0
+    assert (tmp_path / "runs/lr_scaled-s0/metrics.jsonl").read_text() == before
+
+
 def test_waves_put_lr_scaled_after_every_baseline_it_reads():
     """lr_scaling=reference: lr_scaled reads its seed's baseline, so without `follow` it waits in a
     second wave; without a reference every run can start at once."""
-    from bnwd.experiments import plan_waves
+    from bnwd.experiments import follows, plan_waves
 
     runs = ["baseline", "no_conv_l2", "lr_scaled"]
     assert plan_waves([0, 1], runs, reads_baseline=True) == [
@@ -140,7 +157,9 @@ def test_waves_put_lr_scaled_after_every_baseline_it_reads():
         [("lr_scaled", 0), ("lr_scaled", 1)],
     ]
     assert plan_waves([0], runs, reads_baseline=False) == [[("baseline", 0), ("no_conv_l2", 0), ("lr_scaled", 0)]]
-    # following its baseline as both train: one wave, each lr_scaled right after its baseline
+    # following its baseline as both train (when a seed's runs fit the jobs at once): one wave,
+    # each lr_scaled right after its baseline
+    assert follows(runs, True, 3) and not follows(runs, True, 2) and not follows(runs, False, 8)
     assert plan_waves([0, 1], runs, reads_baseline=True, follow=True) == [
         [("baseline", 0), ("lr_scaled", 0), ("no_conv_l2", 0), ("baseline", 1), ("lr_scaled", 1), ("no_conv_l2", 1)]
     ]
@@ -159,12 +178,6 @@ def test_jobs_auto_is_one_run_per_core_within_memory(monkeypatch):
     monkeypatch.setattr(sweep, "_free_memory_gb", lambda: 0.5)
     assert sweep.resolve_jobs("auto", "cpu") == 1
     assert sweep.resolve_jobs("3", "cpu") == 3 and sweep.resolve_jobs(2, "cpu") == 2
-    # one seed's runs that follow each other go at once even on fewer cores, memory permitting
-    monkeypatch.setattr(sweep, "usable_cores", lambda: 2)
-    monkeypatch.setattr(sweep, "_free_memory_gb", lambda: 20.0)
-    assert sweep.resolve_jobs("auto", "cpu", at_least=3) == 3 and sweep.resolve_jobs("auto", "cpu") == 2
-    monkeypatch.setattr(sweep, "_free_memory_gb", lambda: 3.5)
-    assert sweep.resolve_jobs("auto", "cpu", at_least=3) == 2
     for bad in ("0", "many", -1):
         with pytest.raises(ConfigError):
             sweep.resolve_jobs(bad, "cpu")

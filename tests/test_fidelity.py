@@ -370,3 +370,23 @@ def test_lr_scaled_beside_its_baseline_equals_lr_scaled_after_it(tmp_path, fake_
     for run in ("baseline-s0", "lr_scaled-s0"):
         a = (tmp_path / "serial/runs" / run / "metrics.jsonl").read_text()
         assert a and a == (tmp_path / "par/runs" / run / "metrics.jsonl").read_text(), run
+
+
+@pytest.mark.timeout(120)
+def test_a_stop_while_waiting_for_the_reference_checkpoints_a_whole_step(tmp_path, fake_data):
+    """SIGINT/SIGTERM while lr_scaled waits for its baseline's next row ends the run at the step it
+    waits before (no half step: the wait comes before the forward pass), with a checkpoint there."""
+    import threading
+
+    from bnwd.runs import load_checkpoint
+
+    run = tmp_path / "baseline-s0"
+    fake_baseline(run, ROWS[:2])  # rows up to epoch 0.5
+    c = cfg(variant="lr_scaled", reference=str(run), reference_wait=60, bn098_view=False)
+    (tmp_path / "ls").mkdir()
+    tr = T.Trainer(c, tmp_path / "ls", dataset=fake_data, progress=False)
+    first_missing = next(s for s in range(tr.total_steps) if s / tr.spe > 0.5)
+    threading.Timer(1.5, lambda: setattr(tr, "_stop_signal", "SIGTERM")).start()
+    with pytest.raises(T.Interrupted, match=f"SIGTERM at step {first_missing}/"):
+        tr.run()
+    assert load_checkpoint(tmp_path / "ls" / "checkpoint.pt")["step"] == first_missing

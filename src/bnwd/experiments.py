@@ -62,6 +62,13 @@ def run_overrides(
     return ov
 
 
+def follows(trained: list[str], reads_baseline: bool, jobs: int) -> bool:
+    """Whether lr_scaled reads its baseline while both train: only when one seed's runs can all
+    run at once. On 2 cores three 1-thread runs lose more to sharing the two cores than
+    following saves (docs/cpu_follow_wall.txt); a Ray task trains a seed's runs in order anyway."""
+    return reads_baseline and jobs >= len(trained)
+
+
 def plan_waves(
     seeds: list[int], trained: list[str], reads_baseline: bool, follow: bool = False
 ) -> list[list[tuple[str, int]]]:
@@ -153,17 +160,18 @@ def reproduce(
     OUT/runs/lr_scaled_bn098-s<seed> is then written from it (`runs.write_bn098_view`).
 
     The runs go in waves (`plan_waves`). With `lr_scaling=reference` lr_scaled reads its seed's
-    baseline while both train (`follow`: it waits for each of the baseline's sample points it
-    needs, `train.ReferenceNorms`), so a seed's runs form one wave, lr_scaled right after its
-    baseline; with a fixed `reference=` there is nothing to wait for. Each wave runs
-    min(`jobs`, its runs) at once in separate processes, each with usable_cores // that many
-    torch threads unless `threads=` is given; a wave of one runs in this process with the torch
-    default. `jobs="auto"` (`sweep.resolve_jobs`): on CPU one run per core but at least one
-    seed's runs, within the free memory; up to 8 sharing a GPU. So on 2 cores one seed of the
-    `cpu` preset trains baseline, lr_scaled and no_conv_l2 at once, with 1 thread each. Thread
-    counts follow from the plan, never from timing; a run's metrics depend on its thread count
-    only through float rounding, and with equal thread counts they are identical to a serial
-    reproduce's (where lr_scaled reads the finished baseline).
+    baseline; when `jobs` covers a seed's runs it does so while both train (`follow`: it waits
+    for each of the baseline's sample points it needs, `train.ReferenceNorms`) and a seed's runs
+    form one wave, lr_scaled right after its baseline; otherwise the lr_scaled runs form a
+    second wave after every baseline. Each wave runs min(`jobs`, its runs) at once in separate
+    processes, each with usable_cores // that many torch threads unless `threads=` is given; a
+    wave of one runs in this process with the torch default. `jobs="auto"`
+    (`sweep.resolve_jobs`): one run per core on CPU within the free memory, up to 8 sharing a
+    GPU. So on 2 cores one seed of the `cpu` preset trains baseline and no_conv_l2 side by side
+    with 1 thread each, then lr_scaled with 2; on 3 or more cores, or a GPU, the three at once.
+    Thread counts follow from the plan, never from timing; a run's metrics depend on its thread
+    count only through float rounding, and with equal thread counts they are identical to a
+    serial reproduce's (where lr_scaled reads the finished baseline).
 
     `engine="ray"` runs each seed's chain of runs as one Ray task (`sweep.ray_map`; `address`
     joins a cluster, else a local instance starts and stops with the call); a seed whose chain
@@ -192,10 +200,8 @@ def reproduce(
         variants.insert(0, "baseline")
     variants = sorted(set(variants), key=VARIANTS.index)
     trained = [v for v in variants if not (view and v == "lr_scaled_bn098")]
-    # Locally lr_scaled follows its baseline as both train (one wave); a Ray task trains a seed's
-    # runs one after the other, on whichever node it lands.
-    follow = engine == "local" and needs_ref and not probe.reference
-    jobs = resolve_jobs(jobs, probe.device, at_least=len(trained) if follow else 1)
+    jobs = resolve_jobs(jobs, probe.device)
+    follow = engine == "local" and follows(trained, needs_ref and not probe.reference, jobs)
     if engine == "ray":
         from .sweep import _import_ray, ray_map, ray_resources
 
@@ -243,6 +249,10 @@ def run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progre
             ov = run_overrides(preset, v, s, base_over, out, follow)
             if "reference" in ov and f"baseline-s{s}" in failed:
                 failed[f"{v}-s{s}"] = f"not started: its reference baseline-s{s} failed"
+            elif not force and (out / "runs" / f"{v}-s{s}" / "summary.json").exists():
+                # finished before: kept (a changed config is still refused) without a pool slot,
+                # so the wave's threads are split among the runs that train
+                dirs += train_variant(preset, v, s, view, base_over, out, force, False, dataset)
             else:
                 ready.append((v, s, ov))
         k = min(jobs, len(ready))

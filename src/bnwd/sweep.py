@@ -212,13 +212,11 @@ RUN_MEMORY_GB = 1.5  # one training process, cpu preset: 1.12 GB peak RSS (READM
 GPU_AUTO_JOBS = 8  # runs sharing one GPU under --jobs auto
 
 
-def resolve_jobs(jobs: int | str, device: str = "auto", at_least: int = 1) -> int:
-    """`--jobs auto`: on CPU one run per usable core, and at least `at_least` (runs that read each
-    other as they train, `reproduce`'s baseline and lr_scaled, go at once), as many as the free
-    memory holds at RUN_MEMORY_GB each (on 2 cores, two 1-thread runs side by side finish 1.29x
-    sooner than the same two one after the other with 2 threads: docs/parallel_cpu.txt); on CUDA
-    GPU_AUTO_JOBS runs share the GPU (8 together: 2.1x one run's img/s on an H200,
-    docs/gpu/call2/parallel.json)."""
+def resolve_jobs(jobs: int | str, device: str = "auto") -> int:
+    """`--jobs auto`: on CPU one run per usable core, as many as the free memory holds at
+    RUN_MEMORY_GB each (on 2 cores, two 1-thread runs side by side finish 1.29x sooner than the
+    same two one after the other with 2 threads: docs/parallel_cpu.txt); on CUDA GPU_AUTO_JOBS runs
+    share the GPU (8 together: 2.1x one run's img/s on an H200, docs/gpu/call2/parallel.json)."""
     if isinstance(jobs, str) and jobs.strip().lower() != "auto":
         try:
             jobs = int(jobs)
@@ -233,8 +231,8 @@ def resolve_jobs(jobs: int | str, device: str = "auto", at_least: int = 1) -> in
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return GPU_AUTO_JOBS
     free = _free_memory_gb()
-    by_memory = max(usable_cores(), at_least) if free is None else max(1, int(free // RUN_MEMORY_GB))
-    return max(1, min(max(usable_cores(), at_least), by_memory))
+    by_memory = usable_cores() if free is None else max(1, int(free // RUN_MEMORY_GB))
+    return max(1, min(usable_cores(), by_memory))
 
 
 def _run_progress(out: Path, names: list[str]) -> str:

@@ -125,11 +125,14 @@ class ReferenceNorms:
             self.ref = np.array([s0] + [r["conv_sqsum"] for r in rows])
         return True
 
-    def _wait(self, ready, what: str) -> None:
-        """Poll `ready()` until true. Gives up when the reference is marked failed (`runs.FAILED`,
-        written by the pool that ran it) or its files stay unchanged for `reference_wait` s."""
+    def _wait(self, ready, what: str, stopped=None) -> bool:
+        """Poll `ready()` until true (True), or until `stopped()` (False). Gives up when the
+        reference is marked failed (`runs.FAILED`, written by the pool that ran it) or its files
+        stay unchanged for `reference_wait` s."""
         last, since = None, time.monotonic()
         while not ready():
+            if stopped is not None and stopped():
+                return False
             if (self.run / FAILED).exists():
                 why = (self.run / FAILED).read_text().strip()
                 raise BnwdError(f"reference={self.run} failed ({why}); lr_scaled cannot go on without it")
@@ -142,14 +145,21 @@ class ReferenceNorms:
                     f"{what}; is it still training? (reference_wait= sets how long to wait)"
                 )
             time.sleep(self.POLL_S)
+        return True
+
+    def wait_for(self, epoch: float, stopped=None) -> bool:
+        """Wait until `at(epoch)` can be answered: True, or False if `stopped()` came first (the
+        trainer calls this between steps, so that a stop while waiting checkpoints a whole step)."""
+        if self.mode == "article" or self.finished or epoch <= self.epoch[-1]:
+            return True
+        has = lambda: self._load(self.run) and (self.finished or self.epoch[-1] >= epoch)  # noqa: E731
+        return self._wait(has, f"while lr_scaled waited for epoch {epoch:.3f}", stopped)
 
     def at(self, epoch: float) -> np.ndarray | float:
         if self.mode == "article":
             cfg = self.cfg
             return self.s0 / article_piecewise(article_epoch(epoch, cfg.lr_milestones, cfg.epochs))
-        if not self.finished and epoch > self.epoch[-1]:
-            has = lambda: self._load(self.run) and (self.finished or self.epoch[-1] >= epoch)  # noqa: E731
-            self._wait(has, f"while lr_scaled waited for epoch {epoch:.3f}")
+        self.wait_for(epoch)
         if self.per_layer:
             return np.array([np.interp(epoch, self.epoch, self.ref[:, i]) for i in range(self.ref.shape[1])])
         return float(np.interp(epoch, self.epoch, self.ref))
@@ -529,6 +539,12 @@ class Trainer:
         try:
             with open(metrics_path, "a") as mf:
                 while self.step < self.total_steps:
+                    ref = self.reference
+                    if ref is not None and not ref.wait_for(self.step / self.spe, lambda: bool(self._stop_signal)):
+                        mf.flush()  # stopped while waiting for the reference: a whole step to resume from
+                        os.fsync(mf.fileno())
+                        save_checkpoint(ckpt_path, self.state())
+                        raise Interrupted(self._stop_signal, self.step, self.total_steps)
                     lr = self.set_lr(self.step)
                     self.train_step(self.step)
                     self.step += 1
