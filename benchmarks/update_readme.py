@@ -22,6 +22,7 @@ Blocks (between `<!-- NAME:start -->` and `<!-- NAME:end -->`):
 """
 
 import argparse
+import functools
 import json
 import math
 import re
@@ -95,36 +96,17 @@ def _text(name: str) -> str:
     return f"Printed by {lines[0]}:\n\n```text\n" + "\n".join(lines[1:]) + "\n```"
 
 
-def ceiling() -> str:
-    return _text("cpu_ceiling.txt")
-
-
-def before_after() -> str:
-    return _text("before_after.txt")
-
-
-def walls() -> str:
-    return _text("cpu_preset_wall.txt")
-
-
-def schedules() -> str:
-    return _text("parallel_cpu.txt")
-
-
-def before_after_reproduce() -> str:
-    return _text("before_after_reproduce.txt")
-
-
-def before_after_follow() -> str:
-    return _text("before_after_follow.txt")
-
-
-def walls_follow() -> str:
-    return _text("cpu_follow_wall.txt")
-
-
-def budget() -> str:
-    return _text("preset_budget.txt")
+# Blocks that are one script's saved stdout, verbatim (`_text`).
+TEXT_BLOCKS = {
+    "ceiling": "cpu_ceiling.txt",
+    "before_after": "before_after.txt",
+    "walls": "cpu_preset_wall.txt",
+    "schedules": "parallel_cpu.txt",
+    "before_after_reproduce": "before_after_reproduce.txt",
+    "before_after_follow": "before_after_follow.txt",
+    "walls_follow": "cpu_follow_wall.txt",
+    "budget": "preset_budget.txt",
+}
 
 
 ARTICLE_IMAGES = 4 * 150 * 50_000  # the article's four runs of 150 epochs
@@ -250,14 +232,7 @@ BLOCKS = {
     "results": results,
     "dimless": dimless,
     "perf": perf,
-    "ceiling": ceiling,
-    "before_after": before_after,
-    "walls": walls,
-    "schedules": schedules,
-    "before_after_reproduce": before_after_reproduce,
-    "before_after_follow": before_after_follow,
-    "walls_follow": walls_follow,
-    "budget": budget,
+    **{name: functools.partial(_text, file) for name, file in TEXT_BLOCKS.items()},
     "gpu": gpu,
     "sweep": sweep,
 }

@@ -235,7 +235,7 @@ def reproduce(
 def run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progress, dataset, follow=False):
     """Run `plan_waves`' waves in order (see `reproduce`); returns the finished run directories,
     bn098 views included, and {run name: error} for the runs that failed or could not start."""
-    from .runs import write_bn098_view
+    from .runs import SUMMARY, write_bn098_view
     from .sweep import RunSpec, run_local, threads_per_run
     from .train import pick_device
 
@@ -249,7 +249,7 @@ def run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progre
             ov = run_overrides(preset, v, s, base_over, out, follow)
             if "reference" in ov and f"baseline-s{s}" in failed:
                 failed[f"{v}-s{s}"] = f"not started: its reference baseline-s{s} failed"
-            elif not force and (out / "runs" / f"{v}-s{s}" / "summary.json").exists():
+            elif not force and (out / "runs" / f"{v}-s{s}" / SUMMARY).exists():
                 # finished before: kept (a changed config is still refused) without a pool slot,
                 # so the wave's threads are split among the runs that train
                 dirs += train_variant(preset, v, s, view, base_over, out, force, False, dataset)
