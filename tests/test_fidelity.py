@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bnwd import train as T
+from bnwd.bnstats import ShadowBNStats
 from bnwd.config import PRESET_VALUES, bn098_momentum, make_config, resolved
 from bnwd.errors import BnwdError, ConfigError
 from bnwd.experiments import reproduce, resolve_seeds
@@ -193,7 +194,7 @@ def test_bn098_view_equals_a_separate_bn098_run(tmp_path, fake_data):
         assert ra["train_loss"] == rb["train_loss"] and ra["conv_sqsum"] == rb["conv_sqsum"]
         if "test_acc" in rb:
             assert ra["test_loss"] == pytest.approx(rb["test_loss"], rel=1e-4)
-            assert ra["test_acc"] == pytest.approx(rb["test_acc"], abs=1.5 / 100)
+            assert abs(ra["test_acc"] - rb["test_acc"]) * 100 <= 1 + 1e-9  # at most one of the 100 test images
     s = [json.loads(x) for x in (tmp_path / "s/metrics.jsonl").read_text().splitlines()]
     assert any(abs(r["test_loss"] - r["test_loss_bn098"]) > 1e-4 for r in s if "test_loss" in r)
     vc = json.loads((view / "config.json").read_text())
@@ -210,7 +211,7 @@ def test_shadow_bn_stats_follow_a_bn_at_the_second_momentum(m):
     torch.manual_seed(0)
     for fmt in (torch.contiguous_format, torch.channels_last):
         bn, ref = torch.nn.BatchNorm2d(16, momentum=m), torch.nn.BatchNorm2d(16, momentum=a)
-        shadow = T.ShadowBNStats(bn, a)
+        shadow = ShadowBNStats(bn, a)
         for t in range(300):
             x = (torch.randn(32, 16, 8, 8) * (1 + t / 100) + 3).contiguous(memory_format=fmt)
             bn(x), ref(x)

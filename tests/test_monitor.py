@@ -382,3 +382,38 @@ def test_channels_last_parameters_read_like_contiguous():
     for k, v in out[0].items():
         assert out[1][k] == pytest.approx(v, rel=1e-12, nan_ok=True), k
     assert out[0]["rel_step_conv"] > 0
+
+
+def test_momentum_stats_against_an_oracle_and_the_uncorrelated_limit():
+    """MomentumStats: A = sum ||b||^2 / sum ||g||^2 over the window and the mean lag-1 gradient
+    cosine equal a hand computation from the optimizer's buffers; for i.i.d. gradients (no decay)
+    b = sum_k mu^k g_(t-k), so A -> 1 / (1 - mu^2) (5.26 at mu = 0.9) and the cosine -> 0."""
+    from bnwd.monitor import MomentumStats
+
+    torch.manual_seed(0)
+    w = [torch.nn.Parameter(torch.zeros(40, 25)), torch.nn.Parameter(torch.zeros(40))]
+    opt = torch.optim.SGD([{"params": w, "name": "conv", "param_names": ["a", "b"]}], lr=0.01, momentum=0.9)
+    ms = MomentumStats(opt, "conv")
+    bsq, gsq, cos, prev = 0.0, 0.0, [], None
+    for t in range(3000):
+        for p in w:
+            p.grad = torch.randn_like(p)
+        opt.step()
+        if t >= 1000:  # past the buffer's transient
+            g = torch.cat([p.grad.reshape(-1) for p in w]).double()
+            bsq += sum(float(opt.state[p]["momentum_buffer"].double().square().sum()) for p in w)
+            gsq += float(g.square().sum())
+            if prev is not None:
+                cos.append(float(g @ prev / (g.norm() * prev.norm())))
+            prev = g
+        if t == 999:
+            ms.sample()  # start the window here; its first cosine pairs step 1000 with step 999
+            cos = []
+    s = ms.sample()
+    assert s["mbuf_ratio_conv"] == pytest.approx(bsq / gsq, rel=1e-9)
+    assert s["mbuf_ratio_conv"] == pytest.approx(1 / (1 - 0.81), rel=0.05)
+    assert abs(s["grad_cos_lag1_conv"]) < 0.01 and len(cos) == 1999
+    assert s["mbuf_norm/conv/b"] == pytest.approx(float(opt.state[w[1]]["momentum_buffer"].norm()), rel=1e-9)
+    ms.remove()
+    opt.step()
+    assert ms.sample() == {}

@@ -46,6 +46,11 @@ class Config:
     bn098_view: bool = (
         True  # lr_scaled: also keep BN statistics at the 0.98-equivalent momentum (the bn098 run for free)
     )
+    # Views of the BN statistics at test evaluations (`bnstats`): bn098, comp and precise beside
+    # the run's own. all = at every evaluation; stage1 = at the evaluations up to the first lr drop
+    # and the last one (the BN-lag claims read stage 1); off = none (lr_scaled keeps bn098_view)
+    bn_views: str = "stage1"
+    precise_batches: int = 32  # training batches averaged for the precise view's statistics
     # the lr_scaled variants
     lr_scaling: str = "article"  # article | reference | exact
     reference: str = ""  # finished baseline run dir, for lr_scaling=reference
@@ -85,6 +90,7 @@ class Config:
 
 
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune")
+BN_VIEWS = ("all", "stage1", "off")
 
 # Keys that do not change the result: a run may be resumed with different values.
 RUNTIME_KEYS = ("device", "threads", "tensorboard", "compile", "compile_mode", "reference_wait")
@@ -223,6 +229,8 @@ def validate(cfg: Config) -> None:
         cfg.reference_mode in ("global", "layer"), f"reference_mode must be global or layer, got {cfg.reference_mode!r}"
     )
     need(cfg.reference_wait >= 0, f"reference_wait is seconds >= 0, got {cfg.reference_wait}")
+    need(cfg.bn_views in BN_VIEWS, f"bn_views must be one of {', '.join(BN_VIEWS)}, got {cfg.bn_views!r}")
+    need(cfg.precise_batches >= 1, f"precise_batches must be >= 1, got {cfg.precise_batches}")
     need(cfg.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {cfg.amp!r}")
     need(
         cfg.channels_last in ("auto", "on", "off"), f"channels_last must be auto, on or off, got {cfg.channels_last!r}"

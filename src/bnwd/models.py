@@ -116,16 +116,26 @@ class ResNetV1(nn.Module):
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         m = copy.deepcopy(self).eval()
-        pairs = [(m, "conv", "bn")]
-        for block in m.modules():
-            if isinstance(block, BasicBlock):
-                pairs += [(block, "conv1", "bn1"), (block, "conv2", "bn2")]
-                if block.proj is not None:
-                    pairs.append((block, "proj", "proj_bn"))
-        for owner, c, b in pairs:
+        for owner, c, b in m._conv_bn_slots():
             setattr(owner, c, fuse_conv_bn_eval(getattr(owner, c), getattr(owner, b)))
             setattr(owner, b, nn.Identity())
         return m
+
+    def _conv_bn_slots(self) -> list[tuple[nn.Module, str, str]]:
+        """(owner, conv attribute, BN attribute) of every conv-BN pair, in `modules()` order of the BNs."""
+        slots = [(self, "conv", "bn")]
+        for block in self.modules():
+            if isinstance(block, BasicBlock):
+                slots += [(block, "conv1", "bn1"), (block, "conv2", "bn2")]
+                if block.proj is not None:
+                    slots.append((block, "proj", "proj_bn"))
+        return slots
+
+    def bn_inputs(self) -> list[nn.Conv2d]:
+        """The conv that feeds each BN layer, aligned with the BN layers in `modules()` order
+        (each BN channel c normalizes the output of filter c of that conv)."""
+        slots = {id(getattr(o, b)): getattr(o, c) for o, c, b in self._conv_bn_slots()}
+        return [slots[id(m)] for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def resnet(depth: int = 20, **kw) -> ResNetV1:

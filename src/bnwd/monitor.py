@@ -535,3 +535,75 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 def _nanmean(xs: list[float]) -> float:
     xs = [x for x in xs if x == x]
     return sum(xs) / len(xs) if xs else math.nan
+
+
+class MomentumStats:
+    """Momentum-buffer and gradient-correlation statistics of one SGD parameter group.
+
+    Why: at stationarity the SGD-momentum recursion b = mu b + g + lam w, w -= lr b with g
+    orthogonal to w gives, exactly and whatever the gradients' correlations,
+    E||dw||^2 / E||w||^2 = 2 lr lam / (1 + mu) (`theory` derives it): a measured angular update
+    equal to sqrt(2 lr lam / (1 + mu)) checks the implementation, not the physics. The
+    equilibrium norm does depend on the correlations: E||w||^2 = lr (1 + mu) E||b||^2 / (2 lam),
+    so with A = E||b||^2 / E||g||^2 and L = ||g||^2 ||w||^2 it is sqrt(lr A L (1 + mu) / (2 lam)),
+    which is `theory.sgd_equilibrium`'s uncorrelated value times sqrt(A (1 - mu^2)) (A = 1 /
+    (1 - mu^2) for uncorrelated gradients; anti-correlated successive gradients make it smaller).
+
+    Per step (a removable step post-hook; reads only) it accumulates over the sample window
+    ||b||^2 and ||g||^2 of the group taken as one vector (g: the `.grad` the optimizer was
+    handed) and the cosine between successive gradients. `sample()` returns
+    `mbuf_ratio_<group>` = sum ||b||^2 / sum ||g||^2 (A), `grad_cos_lag1_<group>` (mean cosine)
+    and `mbuf_norm/<group>/<param>` (||b|| of each parameter at the last step), then starts a
+    new window. Optimizers without a `momentum_buffer` (Adam) are skipped: empty samples.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, group: str = "conv"):
+        g = next((g for g in opt.param_groups if g.get("name") == group), None)
+        if g is None:
+            raise ValueError(f"the optimizer has no parameter group named {group!r}")
+        self.opt, self.group, self.params = opt, group, list(g["params"])
+        self.names = list(g.get("param_names") or [f"{group}.{i}" for i in range(len(self.params))])
+        dev = self.params[0].device
+        self.win = torch.zeros(4, dtype=torch.float64, device=dev)  # sum ||b||^2, sum ||g||^2, sum cos, n cos
+        self.last = torch.full((len(self.params),), math.nan, dtype=torch.float64, device=dev)
+        self.prev: torch.Tensor | None = None
+        self.handle = opt.register_step_post_hook(self._post)
+
+    @torch.no_grad()
+    def _post(self, opt, args, kwargs) -> None:
+        grads = [p.grad for p in self.params]
+        bufs = [opt.state.get(p, {}).get("momentum_buffer") for p in self.params]
+        if any(x is None for x in grads) or any(x is None for x in bufs):
+            return
+        flat = torch.cat([x.reshape(-1) for x in grads]).double()
+        bsq = torch.stack(torch._foreach_norm(bufs)).double().square()
+        gsq = flat.square().sum()
+        self.last.copy_(bsq.sqrt())
+        self.win[0] += bsq.sum()
+        self.win[1] += gsq
+        if self.prev is not None:
+            self.win[2] += (flat @ self.prev) / (gsq.sqrt() * self.prev.norm()).clamp_min(1e-300)
+            self.win[3] += 1
+        self.prev = flat
+
+    def sample(self) -> dict[str, float]:
+        b, g, c, n = self.win.tolist()
+        self.win.zero_()
+        if not g:
+            return {}
+        out = {f"mbuf_ratio_{self.group}": b / g, f"grad_cos_lag1_{self.group}": c / n if n else math.nan}
+        for name, v in zip(self.names, self.last.tolist()):
+            out[f"mbuf_norm/{self.group}/{name}"] = v
+        return out
+
+    def state_dict(self) -> dict:
+        prev = None if self.prev is None else self.prev.cpu()
+        return {"win": self.win.cpu(), "last": self.last.cpu(), "prev": prev}
+
+    def load_state_dict(self, st: dict) -> None:
+        dev = self.win.device
+        self.win, self.last = st["win"].to(dev), st["last"].to(dev)
+        self.prev = None if st["prev"] is None else st["prev"].to(dev)
+
+    def remove(self) -> None:
+        self.handle.remove()

@@ -48,6 +48,9 @@ CAPTIONS = {
     "rel_step_2": "Relative step size of all runs: lr scaling reproduces the baseline's.",
     "lr_factor": "Conv learning-rate factor of the runs without conv L2, and the baseline's S(t)/S(0) it stands in for.",
     "train_loss": "Training loss (mean over each sample window).",
+    "bn_lag": "What the BN moving averages cost: each view of the BN statistics minus the run's own, on the same "
+    "weights and test images. precise: recomputed at the current weights (no lag); bn098: the article's "
+    "decay 0.98; comp: averages of the statistics divided by the filter norms (removes the lag from weight growth).",
     "exact": "Baseline (conv L2) vs lr_exact (no conv L2, the exact lr transform, BN statistics rescaled): "
     "train loss, relative step and test accuracy. The two are the same dynamics up to rounding, but early "
     "training is chaotic (rounding differences grow ~3x per step, `benchmarks/chaos.py`), so they agree "
@@ -479,6 +482,67 @@ def plot_lr_factor(runs: list[Run]):
     return fig
 
 
+LAG_VIEWS = (  # (view, label, color): the cost of the run's own statistics, in accuracy points
+    ("precise", "precise - own: all of the lag (statistics recomputed at the current weights)", "black"),
+    ("bn098", "bn098 - own: what decay 0.98 recovers", "#9467bd"),
+    ("comp", "comp - own: the part from weight growth (norm-compensated statistics)", "#2ca02c"),
+)
+
+
+def lag_runs(runs: list[Run], view: str) -> list[Run]:
+    """Copies of `runs` with the key `lag_<view>` = test_acc_<view> - test_acc (own), NaN where the
+    view was not evaluated."""
+    out = []
+    for r in runs:
+        a, own = r.metrics.get(f"test_acc_{view}"), r.metrics.get("test_acc")
+        if a is None or own is None:
+            continue
+        m = dict(r.metrics)
+        m[f"lag_{view}"] = a - own
+        out.append(Run(r.path, r.config, r.rows, r.summary, m))
+    return out
+
+
+def plot_bn_lag(runs: list[Run]):
+    """The BN-lag cost against epochs, one panel per variant with views: precise - own, bn098 -
+    own and comp - own test accuracy (points), mean +-1 std over seeds, lr drops dotted."""
+    groups = by_variant(runs)
+    vs = [
+        v for v in ("baseline", "no_conv_l2", "lr_scaled", "lr_exact") if v in groups and lag_runs(groups[v], "precise")
+    ]
+    if not vs:
+        return None
+    fig, axes = _new_figure(len(vs), height=3.0)
+    for ax, v in zip(axes, vs):
+        band = False
+        for view, label, color in LAG_VIEWS:
+            rs = lag_runs(groups[v], view)
+            c = aggregate(rs, f"lag_{view}") if rs else None
+            if c is None or not len(c.epoch):
+                continue
+            ok = np.isfinite(c.mean)
+            e, m, sd = c.epoch[ok], 100 * c.mean[ok], 100 * c.std[ok]
+            if len(e) > 2:  # views at stage 1 and the end only: no line across the evaluations without them
+                gap = np.flatnonzero(np.diff(e) > 1.5 * np.min(np.diff(e))) + 1
+                e, m, sd = (np.insert(x.astype(float), gap, np.nan) for x in (e, m, sd))
+            ax.plot(e, m, "-", marker=".", color=color, lw=1.3, label=label)
+            if len(rs) > 1:
+                ax.fill_between(e, m - sd, m + sd, color=color, alpha=0.18, lw=0)
+                band = True
+        ax.axhline(0.0, color="grey", lw=0.8)
+        n = len(groups[v])
+        _finish(
+            fig,
+            ax,
+            f"{v} ({n} seed{'s' if n != 1 else ''}): test accuracy of a view minus the run's own",
+            "points",
+            runs,
+            False,
+            band,
+        )
+    return fig
+
+
 FIGURES = (
     "test_acc_1",
     "test_acc_2",
@@ -490,6 +554,7 @@ FIGURES = (
     "lr_factor",
     "train_loss",
     "exact",
+    "bn_lag",
 )
 
 
@@ -509,6 +574,7 @@ def _builders(runs: list[Run], theory: bool) -> dict[str, Callable]:
         "lr_factor": lambda: plot_lr_factor(runs),
         "train_loss": lambda: plot_train_loss(runs, ALL),
         "exact": lambda: plot_exact(runs),
+        "bn_lag": lambda: plot_bn_lag(runs),
     }
 
 

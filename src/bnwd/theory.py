@@ -13,7 +13,18 @@ Equilibrium", arXiv 2305.17212). Derivation sketch for plain SGD (mu = 0):
     => ||w*||^4 = lr L / (lam (2 - lr lam)),   tan(theta) = lr ||g|| / ((1 - lr lam) ||w||)
     => theta^2 ~= lr^2 L / ||w*||^4 = lr lam (2 - lr lam) ~= 2 lr lam.
 
-With heavy-ball momentum mu (gradients uncorrelated across steps), the same balance gives
+With heavy-ball momentum mu the balance can be taken exactly. PyTorch's recursion
+b_t = mu b_(t-1) + g_t + lam w_t, w_(t+1) = w_t - lr b_t with g orthogonal to w gives, at
+stationarity (E||w_(t+1)||^2 = E||w_t||^2, so 2 E[w.b] = lr E||b||^2, and
+E[w_t.b_t] = mu (E[w.b] - lr E||b||^2) + lam E||w||^2):
+
+    E||w||^2 = lr (1 + mu) E||b||^2 / (2 lam),   E||dw||^2 / E||w||^2 = 2 lr lam / (1 + mu),
+
+whatever the correlations of the gradients. So a measured angular update equal to
+sqrt(2 lr lam / (1 + mu)) checks an implementation; it cannot test the physics. The norm
+does depend on the correlations, through A = E||b||^2 / E||g||^2 (measured by
+`monitor.MomentumStats`): E||w||^4 = lr A L (1 + mu) / (2 lam). For gradients uncorrelated
+across steps A = 1 / (1 - mu^2) (ignoring lam w in b), and the same balance gives
 the formulas of `sgd_equilibrium`: over many steps momentum multiplies the random walk's
 outward push by 1/(1 - mu) (hence the norm), while the per-step update has mean square
 lr^2 ||g||^2 / (1 - mu^2) (hence the angle). For AdamW the per-coordinate normalization
@@ -157,6 +168,8 @@ def dimensionless(cfg: dict) -> dict:
                        window in relaxation units, at the configured momentum
       bn_window_098    the same at the article's fix (decay 0.98, `config.bn098_momentum`)
       regularizer_l2   L2 on BN gamma/beta and the dense layer (a real regularizer)
+      angular_update   sqrt(2 lr_0 lam_conv / (1 + mu)): the equilibrium angular update per step in
+                       stage 1 (rad); a preset with fewer steps per stage cannot keep it
       n_test           test images
     """
     from .config import bn098_momentum
@@ -178,5 +191,8 @@ def dimensionless(cfg: dict) -> dict:
         "bn_window": rate / float(cfg["bn_momentum"]),
         "bn_window_098": rate / bn098_momentum(float(cfg["bn_momentum"])),
         "regularizer_l2": float(cfg["weight_decay"]),
+        # rad per step in stage 1 at equilibrium; with mu fixed, delta^2 times the relaxation time
+        # (1 - mu) / (2 lr lam) is (1 - mu) / (1 + mu): fewer steps per relaxation time, larger steps
+        "angular_update": math.sqrt(2 * lr0 * lam / (1 + mu)),
         "n_test": int(cfg.get("n_test") or 10_000),
     }

@@ -9,6 +9,7 @@ factor) live in `optim`, the run folder in `runs`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -23,10 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import config as C
+from .bnstats import ShadowBNStats, precise_stats
 from .data import Cifar10, TrainLoader, load_cifar10, test_batches
 from .errors import BnwdError, CheckpointError, ConfigError, DivergenceError, one_line
 from .models import resnet
-from .monitor import Monitor
+from .monitor import MomentumStats, Monitor
 from .optim import article_epoch, article_piecewise, lr_factor, make_optimizer, param_groups, step_lr
 from .runs import (
     CKPT,
@@ -38,6 +40,7 @@ from .runs import (
     jsonable,
     load_checkpoint,
     peak_rss_mb,
+    plateau,
     read_json,
     read_metrics,
     save_checkpoint,
@@ -173,93 +176,9 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-# ---------------------------------------------------------------- BN statistics at a second momentum
-
-
-class ShadowBNStats:
-    """Running BN statistics at a second momentum, kept beside the model's own.
-
-    `lr_scaled` and `lr_scaled_bn098` train identically: in training mode BN normalizes with
-    batch statistics, so its momentum only changes the running averages used at evaluation.
-    One training run then gives both variants; `swapped()` evaluates with the second set.
-
-    A BN forward in training mode moves the model's statistics by r' = (1 - m) r + m b, where b
-    is the batch statistic PyTorch just computed (variance unbiased). So the shadow
-    s' = (1 - a) s + a b needs no pass over the activations: b = (r' - (1 - m) r) / m, from r
-    (kept by a forward pre-hook) and r' (read by a forward hook). Recomputing b with
-    `var_mean` cost 21% of a `cpu`-preset step (channels_last, 2 threads); this costs O(channels).
-    Float64 keeps the 1/m amplification of r's float32 rounding at the 1e-6 level."""
-
-    def __init__(self, model: nn.Module, momentum: float):
-        self.momentum = momentum
-        self.bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        for bn in self.bns:
-            if bn.momentum is None or not bn.track_running_stats:
-                raise ValueError(f"{bn}: a shadow needs running statistics with a fixed momentum")
-        dev = self.bns[0].running_mean.device if self.bns else torch.device("cpu")
-        self.dtype = torch.float32 if dev.type == "mps" else torch.float64
-        self.mean = [bn.running_mean.detach().to(self.dtype, copy=True) for bn in self.bns]
-        self.var = [bn.running_var.detach().to(self.dtype, copy=True) for bn in self.bns]
-        self.prev = [torch.zeros_like(m) for m in self.mean] + [torch.zeros_like(v) for v in self.var]
-        self.handles = []
-        for i, bn in enumerate(self.bns):
-            self.handles.append(bn.register_forward_pre_hook(self._keep(i)))
-            self.handles.append(bn.register_forward_hook(self._update(i)))
-
-    def _keep(self, i: int):
-        n = len(self.bns)
-
-        def pre_hook(module, args):
-            if module.training:
-                with torch.no_grad():
-                    self.prev[i].copy_(module.running_mean)
-                    self.prev[n + i].copy_(module.running_var)
-
-        return pre_hook
-
-    def _update(self, i: int):
-        n = len(self.bns)
-
-        def hook(module, args, output):
-            if not module.training:
-                return
-            m, a = module.momentum, self.momentum
-            with torch.no_grad():
-                for s, r, r0 in ((self.mean[i], module.running_mean, self.prev[i]),
-                                 (self.var[i], module.running_var, self.prev[n + i])):  # fmt: skip
-                    b = (r.to(self.dtype) - (1 - m) * r0) / m
-                    s.lerp_(b, a)
-
-        return hook
-
-    @contextlib.contextmanager
-    def swapped(self):
-        saved = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in self.bns]
-        try:
-            for bn, m, v in zip(self.bns, self.mean, self.var):
-                bn.running_mean.copy_(m)
-                bn.running_var.copy_(v)
-            yield
-        finally:
-            for bn, (m, v) in zip(self.bns, saved):
-                bn.running_mean.copy_(m)
-                bn.running_var.copy_(v)
-
-    def state_dict(self) -> dict:
-        return {"momentum": self.momentum, "mean": [m.cpu() for m in self.mean], "var": [v.cpu() for v in self.var]}
-
-    def load_state_dict(self, st: dict) -> None:
-        if len(st["mean"]) != len(self.bns):
-            raise ValueError(f"shadow BN state has {len(st['mean'])} layers, the model {len(self.bns)}")
-        self.mean = [m.to(b.running_mean.device, self.dtype) for m, b in zip(st["mean"], self.bns)]
-        self.var = [v.to(b.running_var.device, self.dtype) for v, b in zip(st["var"], self.bns)]
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 # ---------------------------------------------------------------- the run
+
+PRECISE_SEED = 7_919  # offset of the precise view's batch stream from the run's seed
 
 
 class Trainer:
@@ -300,6 +219,13 @@ class Trainer:
         model = resnet(cfg.depth, width=cfg.width, bn_momentum=self.res["bn_momentum_used"], bn_eps=cfg.bn_eps)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=fmt)
+        # The precise view's statistics are recomputed on a copy (taken before any hook is attached)
+        # from a batch stream of its own, so training and resume do not see them.
+        self.views = cfg.bn_views != "off"
+        self.stats_model = copy.deepcopy(self.model) if self.views else None
+        self.precise_loader = TrainLoader(self.data, cfg.batch_size, cfg.seed + PRECISE_SEED) if self.views else None
+        drops = [m for m in cfg.lr_milestones if 0 < m < cfg.epochs]
+        self.stage1_end = min(drops) if drops else cfg.epochs
         self.forward = self._compiled(cfg, cuda)
         wd = {"conv": self.res["conv_weight_decay"], "bn": cfg.weight_decay, "head": cfg.weight_decay}
         self.groups = param_groups(self.model, wd)
@@ -342,7 +268,13 @@ class Trainer:
             layers="auto" if cfg.log_layers else "none",
         )
         self.conv_index = self.monitor.index_of(self.conv["params"])
-        self.shadow = ShadowBNStats(self.model, C.bn098_momentum(cfg.bn_momentum)) if self.res["bn098_view"] else None
+        self.momentum_stats = MomentumStats(self.opt, "conv") if cfg.optimizer == "sgd" else None
+        # bn098: lr_scaled keeps it at every evaluation (it is the lr_scaled_bn098 run); the views
+        # add it, and the norm-compensated shadow, for every variant trained at the article's momentum.
+        own_m = self.res["bn_momentum_used"]
+        shadow = self.res["bn098_view"] or (self.views and own_m != C.bn098_momentum(cfg.bn_momentum))
+        self.shadow = ShadowBNStats(self.model, C.bn098_momentum(cfg.bn_momentum)) if shadow else None
+        self.comp = ShadowBNStats(self.model, own_m, convs=self.model.bn_inputs()) if self.views else None
         self.step = 0
         self.win = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, images
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -387,6 +319,8 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "lr_factor": self.factor.cpu(),
             "shadow_bn": self.shadow.state_dict() if self.shadow else None,
+            "shadow_comp": self.comp.state_dict() if self.comp else None,
+            "momentum_stats": self.momentum_stats.state_dict() if self.momentum_stats else None,
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -409,6 +343,10 @@ class Trainer:
             self.monitor.load_state_dict(st["monitor"])
             if self.shadow:
                 self.shadow.load_state_dict(st["shadow_bn"])
+            if self.comp:
+                self.comp.load_state_dict(st["shadow_comp"])
+            if self.momentum_stats:
+                self.momentum_stats.load_state_dict(st["momentum_stats"])
             self.factor = st["lr_factor"].to(self.device)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(
@@ -472,11 +410,15 @@ class Trainer:
             self.win += torch.stack([ld.double() * len(y), (logits.argmax(1) == y).sum().double(), n])
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Test loss and accuracy with the running BN statistics. Eager: on a copy with BN folded
-        into the convs (`ResNetV1.folded`, the same function); compiled: on the compiled model."""
+    def evaluate(self, model: nn.Module | None = None) -> tuple[float, float]:
+        """Test loss and accuracy with the running BN statistics (of `model`, default the trained
+        one). Eager: on a copy with BN folded into the convs (`ResNetV1.folded`, the same
+        function); compiled: on the compiled model."""
+        if model is None and self.forward is not self.model:
+            forward = self._eval_forward
+        else:
+            forward = (model or self.model).eval().folded()
         self.model.eval()
-        forward = self.model.folded() if self.forward is self.model else self._eval_forward
         tot = torch.zeros(3, dtype=torch.float64, device=self.device)
         for x, y in test_batches(self.data, 1000):
             if self.channels_last:
@@ -513,12 +455,36 @@ class Trainer:
         m = self.monitor.sample()
         m.pop("step", None)
         row.update(m)
+        if self.momentum_stats is not None:
+            row.update(self.momentum_stats.sample())
         if evaluate:
             row["test_loss"], row["test_acc"] = self.evaluate()
-            if self.shadow is not None:
+            views = self.views and (step / self.spe <= self.stage1_end + 1e-9 or step == self.total_steps)
+            views = views or self.cfg.bn_views == "all"
+            if self.shadow is not None and (views or self.res["bn098_view"]):
                 with self.shadow.swapped():
                     row["test_loss_bn098"], row["test_acc_bn098"] = self.evaluate()
+            if views:
+                with self.comp.swapped():
+                    row["test_loss_comp"], row["test_acc_comp"] = self.evaluate()
+                row["test_loss_precise"], row["test_acc_precise"] = self.evaluate(self.precise_model(step))
         return row
+
+    @torch.no_grad()
+    def precise_model(self, step: int) -> nn.Module:
+        """The model with BN statistics recomputed at the current weights from `precise_batches`
+        augmented training batches (`bnstats.precise_stats`), drawn from a stream of their own
+        as a pure function of `step`: the same at a resumed step."""
+        m = self.stats_model
+        m.load_state_dict(self.model.state_dict())
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+
+        def batches():
+            for i in range(self.cfg.precise_batches):
+                yield self.precise_loader.batch(step + i)[0].contiguous(memory_format=fmt)
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return precise_stats(m, batches())
 
     # ------------------------------------------------------------ main
     def resume_or_start(self, metrics_path: Path, ckpt_path: Path) -> None:
@@ -571,8 +537,11 @@ class Trainer:
             if self.tb is not None:
                 self.tb.close()
             self.monitor.remove()
-            if self.shadow is not None:
-                self.shadow.remove()
+            if self.momentum_stats is not None:
+                self.momentum_stats.remove()
+            for sh in (self.shadow, self.comp):
+                if sh is not None:
+                    sh.remove()
         return self.finish(time.time() - t0, start)
 
     def finish(self, wall: float, start: int) -> dict:
@@ -588,6 +557,7 @@ class Trainer:
             "steps_per_epoch": self.spe,
             "final_test_acc": evals[-1]["test_acc"],
             "final_test_loss": evals[-1]["test_loss"],
+            "plateau_test_acc": plateau(rows, self.cfg.lr_milestones, self.cfg.epochs),
             "final_train_loss": last["train_loss"],
             "final_train_acc": last["train_acc"],
             "final_conv_sqsum": last.get("conv_sqsum"),
