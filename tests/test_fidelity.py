@@ -190,6 +190,7 @@ def test_bn098_view_equals_a_separate_bn098_run(tmp_path, fake_data):
     a = [json.loads(x) for x in (view / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (tmp_path / "sep/metrics.jsonl").read_text().splitlines()]
     assert len(a) == len(b) and sum("test_acc" in r for r in a) >= 4
+    assert not any(k.endswith(("_comp", "_precise", "_bn098")) for r in a for k in r)  # lr_scaled's other views
     for ra, rb in zip(a, b):
         assert ra["train_loss"] == rb["train_loss"] and ra["conv_sqsum"] == rb["conv_sqsum"]
         if "test_acc" in rb:
