@@ -237,7 +237,7 @@ class Plan:
                     (first if i == 0 else ("", "", ""))
                     + (
                         str(i + 1),
-                        f"{a:g}-{b:g}",
+                        f"{a:.4g}-{b:.4g}",
                         _lr_text(st),
                         f"{st['delta']:.2g}",
                         f"{st['tau_steps']:,.0f}",
@@ -251,7 +251,7 @@ class Plan:
             if g["stages"]:
                 until = g["equilibrium_until_epoch"]
                 out.append(
-                    f"  {g['name']}: implied lr multiplier 1/(s_t s_t+1) reaches {g['final_multiplier']:.3g} by the end; "
+                    f"  {g['name']}: implied lr multiplier {self._mult_name()} reaches {g['final_multiplier']:.3g} by the end; "
                     + (
                         f"less than one relaxation time left after epoch {until:.3g} (the norms stop following "
                         "their equilibrium there)"
@@ -282,6 +282,9 @@ class Plan:
             out += [f"note: {w}" for w in self.warnings]
         return "\n".join(out)
 
+    def _mult_name(self) -> str:
+        return "1/(s_t s_t+1)" if self.settings["optimizer"] == "sgd" else "1/s_t+1"
+
     def figure(self, path: str | None = None):
         """Nominal lr and the implied multiplier m_t of each clock group over training (a matplotlib
         Figure; saved as PNG when `path` is given)."""
@@ -308,7 +311,7 @@ class Plan:
         ax1.legend(fontsize=7)
         ax2.set_yscale("log")
         ax2.set_xlabel("epoch")
-        ax2.set_ylabel("implied lr multiplier 1/(s_t s_t+1)")
+        ax2.set_ylabel(f"implied lr multiplier {self._mult_name()}")
         ax2.set_title(
             f"what the L2 on the clock layers does: a run without it at lr x this is the same function ({exact})",
             fontsize=8,
@@ -559,12 +562,20 @@ def _warnings(p: Plan) -> list[str]:
             f"(the effective lr), which reaches equilibrium {when} (relaxation times per stage {_stage_list(g)}); "
             "it does not regularize them, so tune it as an lr knob, separately from the other groups' L2"
         )
+        total = sum(st["relaxation"] for st in g["stages"])
+        if total < REACHED:
+            out.append(
+                f"group {g['name']!r}: the whole run lasts {total:.2g} relaxation times, so the clock never settles: "
+                "the effective lr of these layers follows their initial norms (the init scale) and the gradient "
+                "noise more than the weight decay"
+            )
         late = [i + 1 for i, st in enumerate(g["stages"]) if st["equilibrium"] != "yes"]
         if late and reached:
             out.append(
-                f"group {g['name']!r}: in stage{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} the norms are "
-                "still drifting when the lr changes, so the effective lr there is not the equilibrium one: the decay "
-                f"keeps raising it (implied multiplier {g['final_multiplier']:.3g} by the end; see --figure)"
+                f"group {g['name']!r}: in stage{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} the norms "
+                "are still on their way to equilibrium when the lr changes or training ends (fewer than 3 relaxation "
+                "times), so the effective lr there depends on where the earlier stages left the norms, not on lr and "
+                "L2 alone; the figure (--figure) shows the lr a run without this L2 would need"
             )
     unclocked = [r for r in p.layers if r["invariant"] and r["weight_decay"] == 0]
     if unclocked:
