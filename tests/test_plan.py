@@ -284,6 +284,8 @@ def test_plan_from_torch_optimizer_and_scheduler():
     assert e[0] == e[3] == 0.1 and e[4] < 0.1 and e[4] == e[7]
     pc = plan_optimizer(m, opt, inv, 40, 4, scheduler=cos, interval="epoch")
     assert [s["start"] for s in pc.stages] == [0, 10, 20, 30]
+    nest = torch.optim.SGD(param_groups(m, 2e-4), lr=0.1, momentum=0.9, nesterov=True)
+    assert any("nesterov" in w for w in plan_optimizer(m, nest, inv, 10, 1).warnings)
     with pytest.raises(ConfigError, match="Adam"):
         plan_optimizer(m, torch.optim.Adam(m.parameters()), inv, 10, 1)
 

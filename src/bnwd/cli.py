@@ -402,9 +402,9 @@ def cmd_plan(args) -> int:
         kw["min_lr"],
         kw["stages"],
     )
-    model = load_factory(args.model)()
     torch.set_num_threads(1)  # many tiny float64 forwards: threads only add contention
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the same initial weights (the ||w0|| column) at every call
+    model = load_factory(args.model)()
     x = torch.randn(*shape)
     try:
         invariant = find_scale_invariant(model, x)

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import theory
 from .errors import ConfigError
 from .exact import decay_scales
 
@@ -400,10 +401,12 @@ def plan_groups(
     grad_scale: float | Mapping[str, float] | None = None,
     model_name: str = "model",
     schedule_name: str = "",
+    notes: Sequence[str] = (),
 ) -> Plan:
     """The plan for explicit groups: each {"name", "params" (tensors of `model`), "weight_decay",
     "lrs" (per-step lrs, all groups the same length)}; `invariant`: {parameter name: bool} from
-    `find_scale_invariant`. `momentum` is SGD's; AdamW uses `betas[0]`."""
+    `find_scale_invariant`. `momentum` is SGD's; AdamW uses `betas[0]`. `notes` are added to the
+    warnings."""
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer!r}: one of {', '.join(OPTIMIZERS)}")
     mu = _num(momentum, "momentum") if optimizer == "sgd" else _num(betas[0], "beta1")
@@ -508,9 +511,9 @@ def plan_groups(
                 if eta <= 0:
                     eq.append(None)
                 elif optimizer == "adamw":
-                    eq.append(math.sqrt(eta * row["numel"] / (2 * lam)))
+                    eq.append(theory.adamw_equilibrium(eta, lam, mu, betas[1], dim=row["numel"])["norm"])
                 elif L is not None:
-                    eq.append((float(L) * eta / (lam * (1 - mu) * (2 - lam * eta / (1 + mu)))) ** 0.25)
+                    eq.append(theory.sgd_equilibrium(eta, lam, mu, grad_sq_unit=float(L))["norm"])
                 else:
                     eq = None
                     break
@@ -529,7 +532,7 @@ def plan_groups(
         "grad_scale": None if isinstance(grad_scale, Mapping) else grad_scale,
     }
     p = Plan(settings, stages, grows, layers, {"lr": lr_curves, "multiplier": mult}, [])
-    p.warnings = _warnings(p)
+    p.warnings = _warnings(p) + list(notes)
     return p
 
 
@@ -744,6 +747,7 @@ def plan_optimizer(
     the lrs its `scheduler` will set over the next `steps` steps). Stages start where the lr jumps
     by more than 1% when it does so at most min(20, steps/10) times, else at quarters of the run.
     The Lightning callback's plan. Other optimizers: ConfigError."""
+    notes: list[str] = []
     if isinstance(optimizer, torch.optim.AdamW):
         kind, g0 = "adamw", optimizer.param_groups[0]
         mu, betas = 0.9, tuple(g0.get("betas", (0.9, 0.999)))
@@ -753,6 +757,11 @@ def plan_optimizer(
         if len(mus) > 1:
             raise ConfigError(f"the param groups have different momenta {sorted(mus)}: plan them one by one")
         (mu,) = mus
+        if any(g.get("nesterov") or g.get("dampening") for g in optimizer.param_groups):
+            notes.append(
+                "nesterov / dampening: the multiplier is exact for plain heavy-ball momentum only; with these it, "
+                "delta and tau are leading order"
+            )
     else:
         raise ConfigError(f"plan covers torch.optim.SGD and AdamW, not {type(optimizer).__name__}")
     lrs = lrs_from_torch(optimizer, scheduler, steps, interval, frequency, steps_per_epoch)
@@ -784,4 +793,5 @@ def plan_optimizer(
         grad_scale=grad_scale,
         model_name=model_name or type(model).__name__,
         schedule_name=type(scheduler).__name__ if scheduler is not None else "constant lr",
+        notes=notes,
     )
