@@ -272,3 +272,37 @@ def test_import_error_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "bnwd.integrations.lightning")
     with pytest.raises(ImportError, match=r"pip install 'bnwd\[lightning\]'"):
         importlib.import_module("bnwd.integrations.lightning")
+
+
+class StepModule(Module):
+    """The same net with a 10x lr drop after 6 optimizer steps (MultiStepLR, interval "step")."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(param_groups(self.net, WD), lr=0.1, momentum=0.9)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [6], 0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_audit_comes_with_the_plan(caplog):
+    """audit=True also plans the fit (bnwd.plan): per group of the trainer's optimizer, from its
+    LR scheduler (read from a copy) and max_steps: the conv kernel is a clock with theory's delta
+    and tau per lr stage, the multiplier is implied_multiplier's; the table is printed."""
+    from bnwd.plan import implied_multiplier
+
+    with caplog.at_level(logging.INFO):
+        trainer = fit(StepModule(make_net()), 12, [cb := BnwdMonitor(sample_every=4, audit=True)], [MemLogger()])
+    assert trainer.global_step == 12 and cb.plan_note is None
+    p = cb.plan
+    assert "bnwd plan" in caplog.text and "per parameter group" in caplog.text
+    assert [s["start"] for s in p.stages] == [0, 6] and p.settings["steps"] == 12
+    assert p.settings["steps_per_epoch"] == BATCHES_PER_EPOCH
+    g = {x["name"]: x for x in p.groups}
+    assert (g["conv"]["n_clock"], g["head"]["n_regularizer"], g["bn"]["n_none"]) == (1, 2, 2)
+    lrs = [0.1] * 6 + [0.01] * 6
+    assert p.curves["lr"]["conv"] == pytest.approx(lrs)
+    assert p.curves["multiplier"]["conv"] == pytest.approx(implied_multiplier(lrs, WD["conv"], "sgd", 0.9))
+    st = g["conv"]["stages"][0]
+    assert st["delta"] == pytest.approx((2 * 0.1 * WD["conv"] / 1.9) ** 0.5)
+    assert st["tau_steps"] == pytest.approx(0.1 / (2 * 0.1 * WD["conv"]))
+    roles = {r["name"]: r["role"] for r in p.layers}
+    assert roles["net.conv.weight"] == "clock" and roles["net.fc.weight"] == "regularizer"

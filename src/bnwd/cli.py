@@ -1,4 +1,4 @@
-"""`bnwd` command line: train, reproduce, sweep, plot, audit, bench."""
+"""`bnwd` command line: train, reproduce, sweep, plot, audit, plan, bench."""
 
 from __future__ import annotations
 
@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--model", default="resnet20", help="resnet20 | resnetN | package.module:factory")
     a.add_argument("--input-shape", default="8,3,32,32", help="example input shape, comma-separated (batch first)")
     a.add_argument("--weight-decay", type=float, default=2e-4, help="L2 coefficient assumed on every parameter")
+
+    _plan_parser(sub)
 
     b = sub.add_parser(
         "bench",
@@ -278,6 +280,152 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def _plan_parser(sub) -> None:
+    pl = sub.add_parser(
+        "plan",
+        help="before training: which layers' weight decay is a clock, how fast it runs, the lr it implies",
+        description="For a model, optimizer, lr schedule and step count: per parameter group and per parameter, "
+        "whether L2 regularizes or only sets the effective lr (a clock), the clock's equilibrium angular update "
+        "and relaxation time per lr stage, whether each stage reaches equilibrium, and the lr multiplier "
+        "1/(s_t s_t+1) that a run without that decay would need (exact for SGD). Without arguments: the "
+        "article's ResNet-20 / SGD settings. See docs/plan.md.",
+    )
+    pl.add_argument("--model", default="resnet20", help="resnet20 | resnetN | package.module:factory")
+    pl.add_argument("--input-shape", default="8,3,32,32", help="example input shape for the invariance test")
+    pl.add_argument("--optimizer", default="sgd", help="sgd | adamw")
+    pl.add_argument("--lr", default="0.1", help="peak learning rate (default 0.1)")
+    pl.add_argument("--momentum", default="0.9", help="SGD momentum (default 0.9)")
+    pl.add_argument("--betas", default="0.9,0.999", help="AdamW betas (default 0.9,0.999)")
+    pl.add_argument(
+        "--weight-decay", default="2e-4", help="one value, or per bnwd group: conv=5e-4,bn=0,head=5e-4 (default 2e-4)"
+    )
+    pl.add_argument("--schedule", default="step", help="step | cosine | constant | points (default step)")
+    pl.add_argument("--milestones", default="50,100", help="step: lr drops, in epochs (default 50,100)")
+    pl.add_argument("--gamma", default="0.1", help="step: factor at each milestone (default 0.1)")
+    pl.add_argument("--points", default=None, help="points: STEP:LR,... piecewise constant from each step")
+    pl.add_argument("--warmup-epochs", default="0", help="linear warmup length in epochs (default 0)")
+    pl.add_argument("--min-lr", default="0", help="cosine: final lr (default 0)")
+    pl.add_argument("--stages", default=None, help="report stages starting at these epochs instead")
+    pl.add_argument("--steps-per-epoch", default="390", help="optimizer steps per epoch (default 390)")
+    pl.add_argument("--epochs", default="150", help="epochs (default 150)")
+    pl.add_argument(
+        "--grad-scale",
+        default=None,
+        help="E||g||^2 ||w||^2 of the clock layers (Monitor's grad_sq_unit): SGD eq. norms",
+    )
+    pl.add_argument("--figure", default=None, metavar="PATH", help="write the lr / multiplier figure (PNG) here")
+    pl.add_argument("--json", action="store_true", help="print one JSON document instead of the tables")
+    pl.add_argument("--brief", action="store_true", help="no per-parameter table")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _float(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{what} must be a number, got {text!r}") from None
+
+
+def cmd_plan(args) -> int:
+    import torch
+
+    from .errors import one_line
+    from .invariance import find_scale_invariant, load_factory
+    from .plan import plan
+
+    lr, momentum = _float(args.lr, "--lr"), _float(args.momentum, "--momentum")
+    betas = tuple(_floats(args.betas, "--betas"))
+    if len(betas) != 2:
+        raise ConfigError(f"--betas needs two numbers, got {args.betas!r}")
+    if "=" in args.weight_decay:
+        wd = {}
+        for item in args.weight_decay.split(","):
+            k, _, v = item.partition("=")
+            wd[k.strip()] = _float(v, f"--weight-decay {k.strip()}")
+    else:
+        wd = _float(args.weight_decay, "--weight-decay")
+    schedule = args.schedule
+    if schedule == "points":
+        if not args.points:
+            raise ConfigError("--schedule points needs --points STEP:LR,... (e.g. 0:0.1,19500:0.01)")
+        try:
+            schedule = [(int(a), float(b)) for a, _, b in (x.partition(":") for x in args.points.split(","))]
+        except ValueError:
+            raise ConfigError(f"--points must look like 0:0.1,19500:0.01, got {args.points!r}") from None
+    elif args.points:
+        raise ConfigError("--points goes with --schedule points")
+    try:
+        shape = tuple(int(s) for s in args.input_shape.split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape must be comma-separated integers, got {args.input_shape!r}") from None
+    if args.figure is not None:
+        parent = Path(args.figure).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise ConfigError(f"--figure {args.figure!r}: folder {str(parent)!r} does not exist")
+    kw = dict(
+        optimizer=args.optimizer,
+        lr=lr,
+        momentum=momentum,
+        betas=betas,
+        weight_decay=wd,
+        schedule=schedule,
+        milestones=_floats(args.milestones, "--milestones"),
+        gamma=_float(args.gamma, "--gamma"),
+        warmup_epochs=_float(args.warmup_epochs, "--warmup-epochs"),
+        min_lr=_float(args.min_lr, "--min-lr"),
+        stages=_floats(args.stages, "--stages") if args.stages else None,
+        steps_per_epoch=_float(args.steps_per_epoch, "--steps-per-epoch"),
+        epochs=_float(args.epochs, "--epochs"),
+        grad_scale=_float(args.grad_scale, "--grad-scale") if args.grad_scale else None,
+        model_name=args.model,
+    )
+    if kw["grad_scale"] is not None and not kw["grad_scale"] >= 0:
+        raise ConfigError(f"--grad-scale must be >= 0, got {args.grad_scale!r}")
+    # everything that is not the model is checked before the (slow) invariance test
+    from .plan import check_optimizer, schedule_lrs
+
+    check_optimizer(args.optimizer, momentum, betas, wd)
+    schedule_lrs(
+        schedule,
+        lr,
+        kw["steps_per_epoch"],
+        kw["epochs"],
+        kw["milestones"],
+        kw["gamma"],
+        kw["warmup_epochs"],
+        kw["min_lr"],
+        kw["stages"],
+    )
+    torch.set_num_threads(1)  # many tiny float64 forwards: threads only add contention
+    torch.manual_seed(0)  # the same initial weights (the ||w0|| column) at every call
+    model = load_factory(args.model)()
+    x = torch.randn(*shape)
+    try:
+        invariant = find_scale_invariant(model, x)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's model on the given input shape
+        raise ConfigError(f"the model's forward on an input of shape {list(shape)} failed: {one_line(e)}") from None
+    p = plan(model, invariant=invariant, **kw)
+    if args.figure is not None:
+        p.figure(args.figure)
+    if args.json:
+        import json
+
+        print(json.dumps(p.to_dict(), allow_nan=False))
+    else:
+        print(p.format(layers=not args.brief))
+        if args.figure is not None:
+            print(f"figure: {args.figure}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import bench
 
@@ -309,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             "sweep": cmd_sweep,
             "plot": cmd_plot,
             "audit": cmd_audit,
+            "plan": cmd_plan,
             "bench": cmd_bench,
         }[args.cmd](args)
     except BnwdError as e:

@@ -45,7 +45,14 @@ What it does, and when:
   their optimizer group, where L2 only sets ``||w||`` and hence the effective lr;
   ``"regularizer"`` for the others with weight_decay > 0; ``"none"`` without weight decay). The
   table is printed on rank 0 (``verbose``). The audit works on a float64 copy and does not touch
-  the model or the RNG streams, so training is unchanged.
+  the model or the RNG streams, so training is unchanged. With the audit comes the plan
+  (`bnwd.plan.plan_optimizer`, `docs/plan.md`): ``callback.plan`` has, per parameter group of
+  the monitored optimizer (SGD or AdamW), the clock's equilibrium angular update and relaxation
+  time per lr stage and the lr multiplier its weight decay implies, over the steps left
+  (``trainer.estimated_stepping_batches`` minus ``global_step``, lrs read from a copy of the
+  optimizer's LR scheduler); its group table is printed after the audit. ``callback.plan`` stays
+  None (with the reason in ``callback.plan_note``) for other optimizers, unbounded runs or
+  ReduceLROnPlateau.
 - Resumed fits (``trainer.fit(..., ckpt_path=...)``): the Monitor's state (window and EMA
   accumulators, initial norms and lrs, step count) is saved in the checkpoint through the
   callback's ``state_dict`` and restored, so a resumed run logs the same values at the same
@@ -63,6 +70,7 @@ whichever is imported, and Lightning only accepts callbacks of its own package.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -166,6 +174,8 @@ class BnwdMonitor(Callback):
         self.last_sample: dict[str, float] | None = None
         self.scale_invariant: dict[str, bool] | None = None
         self.audit_rows: list[dict] | None = None
+        self.plan = None  # bnwd.plan.Plan, with audit=True
+        self.plan_note: str | None = None
         self._handle = None  # our post-step hook, registered before the Monitor's
         self._last_logged = 0  # Monitor step count at the last sample (or at attach)
         self._pending_state: dict | None = None  # Monitor state from a checkpoint, applied at attach
@@ -281,3 +291,37 @@ class BnwdMonitor(Callback):
         self.scale_invariant = {r["name"]: r["invariant"] for r in rows}
         if self.verbose:
             rank_zero_info("bnwd audit: what weight decay does to each parameter\n" + format_audit(rows))
+        self._run_plan(trainer, pl_module)
+
+    def _run_plan(self, trainer, pl_module) -> None:
+        """The plan of the monitored optimizer over the remaining steps (see the module docstring)."""
+        from ..errors import BnwdError
+        from ..plan import plan_optimizer
+
+        opt = trainer.optimizers[self.optimizer_index]
+        total = trainer.estimated_stepping_batches
+        steps = int(total) - int(trainer.global_step) if total != float("inf") else 0
+        if steps < 1:
+            self.plan, self.plan_note = None, "no finite number of steps left (max_steps / max_epochs)"
+            return
+        nb = trainer.num_training_batches
+        spe = max(1, math.ceil(nb / trainer.accumulate_grad_batches)) if nb != float("inf") else steps
+        cfg = next((c for c in trainer.lr_scheduler_configs if getattr(c.scheduler, "optimizer", None) is opt), None)
+        try:
+            self.plan = plan_optimizer(
+                pl_module,
+                opt,
+                self.scale_invariant,
+                steps,
+                spe,
+                scheduler=cfg.scheduler if cfg else None,
+                interval=cfg.interval if cfg else "step",
+                frequency=cfg.frequency if cfg else 1,
+                model_name=type(pl_module).__name__,
+            )
+            self.plan_note = None
+        except BnwdError as e:
+            self.plan, self.plan_note = None, str(e)
+        if self.verbose:
+            text = self.plan.format(layers=False) if self.plan is not None else f"no plan: {self.plan_note}"
+            rank_zero_info("bnwd plan: what the weight decay implies over the remaining steps\n" + text)
