@@ -158,15 +158,15 @@ def restore_runs(folders: list[Path], home: Path) -> str:
     names = [t.name for t in tars]
     if len(set(names)) < len(names):
         raise SystemExit(f"gpu_stage1: the same run's tar twice: {', '.join(map(str, tars))}")
+    runs.mkdir(parents=True, exist_ok=True)
     if tars:
-        if runs.exists():
-            shutil.rmtree(runs)
-        runs.mkdir(parents=True)
-        for t in tars:
+        for t in tars:  # a carried run replaces its folder and log here; a run not carried stays
+            v = t.name[len("stage1_") : -len(".tar.gz")]
+            shutil.rmtree(runs / v, ignore_errors=True)
+            (runs / f"{v}.log").unlink(missing_ok=True)
             with tarfile.open(t) as tf:
                 tf.extractall(runs, filter="data")
         return f"run folders from {', '.join(map(str, tars))}"
-    runs.mkdir(parents=True, exist_ok=True)
     have = [v for v in RUNS if (runs / v / "config.json").exists()]
     return f"run folders in {runs} ({', '.join(have)})" if have else "new runs"
 

@@ -88,7 +88,9 @@ def measure(width: int, batch: int, steps: int, monitor: bool, momentum_stats: b
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             mon.sample()
         res["sample_top"], _ = aten_counts(prof)
-    return {k: {n: c / (1 if k.startswith(("fold", "sample")) else steps) for n, c in v.items()} for k, v in res.items()}
+    return {
+        k: {n: c / (1 if k.startswith(("fold", "sample")) else steps) for n, c in v.items()} for k, v in res.items()
+    }
 
 
 def main(argv=None) -> int:

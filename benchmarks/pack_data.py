@@ -16,10 +16,12 @@ instead, as the 2-D differences of each image plane (x - left - up + up-left, mo
 inverse is a 2-D cumulative sum), red and blue differences taken minus green's, labels as
 uint8, then xz: the whole of CIFAR-10 in ~85 MiB instead of 166 MiB (two chunks instead of
 three; the arrays and their sha256 are exact). Its `unpack` rebuilds a CIFAR-format
-`cifar-10-python.tar.gz` from the verified arrays (gzip level 1: fast; its bytes, not its
-arrays, depend on the zlib build, so the manifest checks the arrays' sha256, `arrays_sha256`). Chunks are at most `--chunk-mib` MiB (default 60)
-and named `<payload>.partNNN`; `manifest.json` records the sha256 and size of every chunk,
-of the whole stream of chunks and of the unpacked archive.
+`cifar-10-python.tar.gz` from the verified arrays (gzip level 0, stored: fast; the manifest
+checks the arrays' sha256, `arrays_sha256`, and records the source archive's, `source_sha256`).
+
+Chunks are at most `--chunk-mib` MiB (default 60) and named `<payload>.partNNN`;
+`manifest.json` records the sha256 and size of every chunk, of the whole stream of chunks and
+of the unpacked archive (pred-xz: of the arrays).
 
 `synth` writes a CIFAR-format archive of learnable synthetic images (a fixed colour per class
 plus noise) for timing where no real data can be carried; accuracies on it mean nothing.
@@ -224,7 +226,7 @@ def pack(
     if chunk < 1:
         raise PackError(f"chunk size must be positive, got {chunk_mib} MiB")
     archive = _find_archive(data)
-    arrays_sum = None
+    arrays_sum = source_sum = None
     if compress == "pred-xz":
         from bnwd.data import load_cifar10
 
@@ -235,6 +237,8 @@ def pack(
         arrays_sum = arrays_sha256(*arrays)
         raw = b""  # the archive is rebuilt at unpack from the verified arrays
         source = ds.source
+        if archive is not None:
+            source_sum = sha256_file(archive)
     elif subset is None and archive is not None:
         raw = archive.read_bytes()
         source = str(archive)
@@ -270,6 +274,7 @@ def pack(
         "archive_size": len(raw) if compress != "pred-xz" else None,
         "archive_sha256": sha256_bytes(raw) if compress != "pred-xz" else None,
         "arrays_sha256": arrays_sum,
+        "source_sha256": source_sum,
         "chunk_bytes_max": chunk,
         "chunks": chunks,
         "source": source,
@@ -323,7 +328,7 @@ def assemble(pack_dir: str | os.PathLike) -> tuple[dict, bytes]:
         got = arrays_sha256(*arrays)
         if got != m.get("arrays_sha256"):
             raise PackError(f"{pack_dir}: decoded arrays' sha256 {got} does not match the manifest's")
-        return m, cifar_archive_bytes(*arrays, compresslevel=1)
+        return m, cifar_archive_bytes(*arrays, compresslevel=0)
     if m["compression"] == "xz":
         try:
             raw = lzma.decompress(payload)
@@ -386,11 +391,17 @@ def main(argv: list[str] | None = None) -> int:
             m = pack(a.data, a.out, a.chunk_mib, subset, a.seed, a.compress, command=cmd)
             print(
                 f"{a.out}: {len(m['chunks'])} chunk(s), {m['size'] / MIB:.1f} MiB, sha256 {m['sha256']} "
-                f"(archive sha256 {m['archive_sha256']})"
+                + (
+                    f"(arrays sha256 {m['arrays_sha256']})"
+                    if m["arrays_sha256"]
+                    else f"(archive sha256 {m['archive_sha256']})"
+                )
             )
         elif a.cmd == "unpack":
             dest = unpack(a.pack_dir, a.out)
-            print(f"{dest}: verified, sha256 {read_manifest(a.pack_dir)['archive_sha256']}")
+            m = read_manifest(a.pack_dir)
+            what = f"arrays sha256 {m['arrays_sha256']}" if m.get("arrays_sha256") else f"sha256 {m['archive_sha256']}"
+            print(f"{dest}: verified, {what}")
         elif a.cmd == "synth":
             dest = write_synthetic(a.out, a.n_train, a.n_test, a.seed)
             print(f"{dest}: {a.n_train} training and {a.n_test} test synthetic images, sha256 {sha256_file(dest)}")
