@@ -28,6 +28,9 @@
 #   checkpoints (4.3 MiB each at width 16: model, SGD momentum, Monitor, shadow BN statistics).
 #   Escape hatches, as env on the leg's command: STAGE1_SET="compile=off" (a runtime key: a later
 #   leg may differ), LEG_S, RESERVE_S (25: the stop, checkpoint and tar after --stop-after).
+#   The first lr drop too: STAGE1_SET="epochs=60" on EVERY leg from the first (epochs is part of
+#   the config: a resumed leg with another value is refused); +20% steps, beyond the budget below
+#   unless the compiled step is fast (leg 1's leg.json says the img/s).
 #
 # BUDGET (15 min of device time, start-up included; an ESTIMATE from docs/gpu, not a measurement):
 #   stage 1 = 19,500 steps x 128 = 2.50 M images per run; both runs at once share the GPU.
@@ -36,14 +39,14 @@
 #   views (50 x ~4 x 10,000 images + precise batches) ~40 s; per leg and process ~45 s of start-up,
 #   data and compile (compile=auto: CUDA graphs, ~2.4x eager for one run in the bench: never run
 #   end to end in training before this script; it falls back to eager on a compile failure).
-#   | call             | device s      | training s per run     | steps per run at 5,000 / 7,500 img/s |
-#   | start-up         | ~90-120       | -                      | -                                    |
-#   | 1 chunk          | ~30           | -                      | -                                    |
-#   | 2 leg 1 (420 s)  | ~440          | ~340 (420-25-10-45)    | 13,300 / 19,500 (done)               |
-#   | 3 leg 2 (<=300s) | ~300          | ~230                   | 6,200 (done) / -                     |
-#   | total            | ~860-890      | two legs at 5,000 img/s; one at 7,500 or compiled             |
-#   Two legs; if leg 2 does not finish (slower than 5,000 img/s), the runs come back resumable and
-#   a later session continues them (data again: calls 1 and 2 with the carried tar in call 2 too).
+#   | call             | device s   | s of steps per run (views off) | steps per run at 5,000 / 7,500 img/s |
+#   | start-up         | ~90-120    | -                              | -                                    |
+#   | 1 chunk          | ~30        | -                              | -                                    |
+#   | 2 leg 1 (420 s)  | ~440       | ~300 (420-25-10-45-40)         | 11,700 / 17,600                      |
+#   | 3 leg 2 (<=280s) | ~100-280   | ~200 / ~30                     | 7,800 / 1,900 (done)                 |
+#   | total            | ~700-890 of 900: two legs; one if the compiled step runs at >= ~8,500 img/s per run |
+#   At 5,000 img/s it is borderline: if leg 2 does not finish, the runs come back resumable and a
+#   later session continues them (data again: calls 1 and 2, the carried tars in call 2 too).
 #
 # env: OUT (device: set by the tool; here ./gpu_stage1/out), STAGE1_HOME (/tmp/bnwd_stage1: chunks,
 # data, runs on the machine), LEG_S (450), RESERVE_S (25), STAGE1_SET, PY (python).
