@@ -316,6 +316,16 @@ def test_compiled_step_matches_eager(tmp_path, fake_data):
     T.train(cfg(compile="on", **kw), tmp_path / "c", dataset=fake_data, progress=False)
     e, c = metrics(tmp_path / "e"), metrics(tmp_path / "c")
     assert [r.keys() for r in e] == [r.keys() for r in c] and "test_acc_bn098" in e[-1]
+    # the Monitor's metrics (its hooks run eagerly around the compiled forward) are among those compared
+    mon = {
+        "conv_sqsum",
+        "rel_step_conv",
+        "angle_conv",
+        "eff_lr_conv",
+        "rel_step_ema/group/conv",
+        "grad_sq_unit/group/conv",
+    }
+    assert mon <= e[-1].keys() and any(k.startswith("angle/conv/") for k in e[-1])
     for a, b in zip(e, c):
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=2e-3, abs=1e-6), k

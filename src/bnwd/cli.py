@@ -50,6 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue an interrupted run (a finished one is left untouched)"
     )
     t.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
+    t.add_argument(
+        "--stop-at-step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="end this leg once N steps are done: checkpoint and exit 130 as on SIGTERM (continue with --resume)",
+    )
+    t.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="end this leg S seconds after the command started, as --stop-at-step does",
+    )
     _common_train(t)
 
     r = sub.add_parser("reproduce", help="the article's four runs (x seeds), figures, summary and report")
@@ -171,7 +185,16 @@ def cmd_train(args) -> int:
     if args.device:
         kw["device"] = args.device
     cfg = make_config(args.preset, {**kw, **ov})
-    s = train(cfg, args.out, args.data, resume=args.resume, force=args.force, progress=not args.no_progress)
+    s = train(
+        cfg,
+        args.out,
+        args.data,
+        resume=args.resume,
+        force=args.force,
+        progress=not args.no_progress,
+        stop_step=args.stop_at_step,
+        stop_after=args.stop_after,
+    )
     print(
         f"{args.out}: test acc {100 * s['final_test_acc']:.2f}%, train loss {s['final_train_loss']:.4f}, "
         f"conv sqsum {s['final_conv_sqsum']:.1f}, {s['images_per_s']:.0f} img/s"

@@ -18,8 +18,9 @@ angle are measured directly and hold for any optimizer.
 
 Per optimizer step, for every tracked parameter (``wb`` before, ``wa`` after the step,
 ``s = wa - wb``), from flat copies of all parameters and gradients (``_foreach_copy_``) and one
-chunked float64 sum of squares per hook (a fixed handful of kernels, whatever the number of
-layers; memory: three float32 copies of the parameters) and no host sync:
+chunked float64 sum of squares per hook (13 aten ops per step, 6 in the pre and 7 in the post
+hook, whatever the number of layers: every view they use is made once; memory: three float32 and
+six float64 copies of the parameters) and no host sync:
 
     sqnorm  = ||wa||^2
     rel     = ||s|| / ||wb||
@@ -190,9 +191,34 @@ class Monitor:
         self._zeros: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             flat_dtype = torch.promote_types(torch.float32, self.params[0].dtype)
-            self._pair = torch.zeros(2, CHUNK * sum(nchunks), dtype=flat_dtype, device=dev)  # padding stays 0
-            self._flat_b = torch.zeros_like(self._pair[0])
-            self._slots = [[row[o : o + n] for o, n in zip(offsets, sizes)] for row in self._pair]
+            # rows: wb; g (pre hook), then wa (post hook); s = wa - wb. Padding stays 0.
+            n_flat = CHUNK * sum(nchunks)
+            self._trip = torch.zeros(3, n_flat, dtype=flat_dtype, device=dev)
+            self._slots = [[row[o : o + n] for o, n in zip(offsets, sizes)] for row in self._trip]
+            # the gradient slots again, shaped and strided as their parameters: a .grad of its
+            # parameter's layout (autograd's rule) copies in with no per-step view op, into the
+            # same places as its flat memory-order view would
+            self._gshaped = [_shaped(slot, p) for slot, p in zip(self._slots[1], self.params)]
+            # float64 copies of the rows and the per-element products summed (pre hook: |wb|^2,
+            # |g|^2; post hook: |wa|^2, |s|^2, wb s), with every view the hooks use made once here:
+            # per step the hooks run a fixed 13 aten ops (6 + 7), no view op, whatever the model
+            self._d = torch.zeros(3, n_flat, dtype=torch.float64, device=dev)
+            self._prod = torch.zeros(3, n_flat, dtype=torch.float64, device=dev)
+            t, d, pr = self._trip, self._d, self._prod
+            self._v = {
+                "t01": t[:2],
+                "t0": t[0],
+                "t1": t[1],
+                "t2": t[2],
+                "d01": d[:2],
+                "d12": d[1:],
+                "d0": d[0],
+                "d2": d[2],
+                "p01": pr[:2],
+                "p2": pr[2],
+                "p01_chunks": pr[:2].view(2, -1, CHUNK),
+                "p_chunks": pr.view(3, -1, CHUNK),
+            }
             sq = self._sqnorms(self.params)
         # accumulators, all on the device, one row per unit
         M = len(_M)
@@ -209,6 +235,8 @@ class Monitor:
         # when the buffer is full and before every read. The hooks thus launch a fixed handful
         # of kernels whatever the model, which is what a GPU step that is launch-bound needs.
         self._buf = torch.zeros(BUFFER, 5, self.P, **f64)
+        self._buf_pre = [row[:2] for row in self._buf]  # per buffered step: |wb|^2, |g|^2
+        self._buf_post = [row[2:] for row in self._buf]  # |wa|^2, |s|^2, wb.s
         self._buf_masks: list[torch.Tensor] = []  # per buffered step: which params were updated
         self._pre_done = False
         self.lrs = [_lr(g["lr"]) for g in optimizer.param_groups]
@@ -223,7 +251,8 @@ class Monitor:
         return torch.stack(torch._foreach_norm([t.detach() for t in ts], 2, dtype=torch.float64)).square()
 
     def _segment_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """(rows, padded N) float64 flat values -> (rows, P) sums per parameter.
+        """(rows, padded N) float64 flat values -> (rows, P) sums per parameter (the hooks do the
+        same into their buffer row, zeroed at each fold, with views made once).
 
         Sums per chunk, then chunks into parameters: no host sync (segment_reduce checks its
         lengths with one) and few atomic adds per address (index_add_ over all N elements into P
@@ -238,25 +267,37 @@ class Monitor:
     def _param_views(self) -> list[torch.Tensor]:
         return [_flat(p.detach()) for p in self.params] if self._fresh else self._views
 
-    def _grads(self) -> list[torch.Tensor]:
-        # a parameter without grad is skipped by the optimizer (and masked at the post hook): norm 0
-        out = []
+    def _grads(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(destinations, gradients) for one multi-tensor copy into the gradient row: a grad of
+        its parameter's strides into its shaped slot (no view op), others flattened."""
+        dst, src = [], []
         for i, p in enumerate(self.params):
             g = p.grad
+            shaped = self._gshaped[i]
+            if g is not None and shaped is not None and g.stride() == shaped.stride():
+                dst.append(shaped)
+                src.append(g)
+                continue
+            # a parameter without grad is skipped by the optimizer (and masked at the post hook): norm 0
             if g is None:
                 g = self._zeros.get(i)
                 if g is None:
-                    g = self._zeros[i] = torch.zeros(p.numel(), dtype=self._pair.dtype, device=self.device)
-            out.append(_flat(g))
-        return out
+                    g = self._zeros[i] = torch.zeros(p.numel(), dtype=self._trip.dtype, device=self.device)
+            dst.append(self._slots[1][i])
+            src.append(_flat(g))
+        return dst, src
 
     def _pre(self, opt, args, kwargs) -> None:
         with torch.no_grad():
             k = len(self._buf_masks)
+            if self._pre_done:  # the last pre hook had no post hook (its step raised): redo its row
+                self._buf[k].zero_()
+            v = self._v
             torch._foreach_copy_(self._slots[0], self._param_views())
-            torch._foreach_copy_(self._slots[1], self._grads())
-            self._flat_b.copy_(self._pair[0])
-            self._buf[k, :2].copy_(self._segment_sq(self._pair))  # |wb|^2, |g|^2
+            torch._foreach_copy_(*self._grads())
+            v["d01"].copy_(v["t01"])
+            torch.mul(v["d01"], v["d01"], out=v["p01"])
+            self._buf_pre[k].index_add_(1, self._chunk_ids, v["p01_chunks"].sum(2))  # |wb|^2, |g|^2
             self._pre_done = True
 
     def refresh_grads(self) -> None:
@@ -265,8 +306,8 @@ class Monitor:
         then). Call it from a later step pre-hook; the Lightning callback does."""
         with torch.no_grad():
             k = len(self._buf_masks)
-            torch._foreach_copy_(self._slots[1], self._grads())
-            self._buf[k, 1].copy_(self._segment_sq(self._pair[1:])[0])
+            torch._foreach_copy_(*self._grads())
+            self._buf[k, 1].copy_(self._segment_sq(self._trip[1:2])[0])
 
     def _mask(self) -> torch.Tensor:
         """Device mask of the parameters the optimizer updated (grad not None), cached per pattern."""
@@ -281,12 +322,14 @@ class Monitor:
             return
         with torch.no_grad():
             k = len(self._buf_masks)
-            torch._foreach_copy_(self._slots[0], self._param_views())
-            torch.sub(self._flat_b, self._pair[0], out=self._pair[1])  # wb - wa = -s
-            a, ms = self._pair.double()
+            v = self._v
+            torch._foreach_copy_(self._slots[1], self._param_views())  # wa, over g
+            torch.sub(v["t1"], v["t0"], out=v["t2"])  # s = wa - wb
+            self._d.copy_(self._trip)
             # |wa|^2, |s|^2, and wb . s directly (no cancellation, unlike the polarization identity)
-            rows = torch.stack([a.square(), ms.square(), -(self._flat_b.double() * ms)])
-            self._buf[k, 2:].copy_(self._segment_sum(rows))
+            torch.mul(v["d12"], v["d12"], out=v["p01"])
+            torch.mul(v["d0"], v["d2"], out=v["p2"])
+            self._buf_post[k].index_add_(1, self._chunk_ids, v["p_chunks"].sum(2))
             self._buf_masks.append(self._mask())
             self._pre_done = False
         self.lrs = [_lr(g["lr"]) for g in opt.param_groups]
@@ -337,6 +380,7 @@ class Monitor:
         self.ema_w = self.ema_w * dn + w.sum(0)
         sq = raw[-1, 2]
         self.sq = torch.cat([sq, self._member @ sq])
+        raw.zero_()  # the hooks add into zeroed rows
         self._buf_masks = []
 
     def index_of(self, params: list[torch.Tensor]) -> torch.Tensor:
@@ -510,6 +554,7 @@ class Monitor:
         buf = state.get("buffer", torch.zeros(0, 5, self.P))
         if tuple(buf.shape[1:]) != (5, self.P) or len(buf) >= BUFFER:
             raise ValueError(f"Monitor state 'buffer' has shape {tuple(buf.shape)}, expected (<{BUFFER}, 5, {self.P})")
+        self._buf.zero_()
         self._buf[: len(buf)] = buf.to(self.device, torch.float64)
         masks = state.get("buffer_masks", torch.zeros(0, self.P))
         self._buf_masks = [m.to(self.device, torch.float64) for m in masks]
@@ -530,6 +575,14 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(-1)
         expect *= t.size(d)
     return t.as_strided((t.numel(),), (1,))
+
+
+def _shaped(slot: torch.Tensor, p: torch.Tensor) -> torch.Tensor | None:
+    """`slot` (1-D, p.numel() elements) viewed with `p`'s shape and strides when `p`'s layout is
+    dense (then element i of p's memory order is slot[i], as for `_flat(p)`); else None."""
+    if p.numel() == 0 or _flat(p.detach()).data_ptr() != p.data_ptr():
+        return None
+    return slot.as_strided(p.shape, p.stride())
 
 
 def _nanmean(xs: list[float]) -> float:

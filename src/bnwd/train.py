@@ -280,6 +280,11 @@ class Trainer:
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self.tb = None
         self._stop_signal: str | None = None
+        # A leg of a run split across machines or time slots (`train(stop_step=, stop_after=)`):
+        # stop as a SIGTERM would (checkpoint a whole step, exit 130) once `step` >= stop_step
+        # steps are done or at the monotonic `deadline`; neither is part of the run's config.
+        self.stop_step: int | None = None
+        self.deadline: float | None = None
 
     def _compiled(self, cfg: C.Config, cuda: bool):
         """The model's forward, compiled when `compile` says so (config.Config.compile)."""
@@ -495,6 +500,15 @@ class Trainer:
         else:
             atomic_write(metrics_path, "")
 
+    def _stopping(self) -> bool:
+        """A stop is asked for: a signal, or the leg's `stop_step` / `deadline` reached."""
+        if not self._stop_signal:
+            if self.stop_step is not None and self.step >= self.stop_step:
+                self._stop_signal = f"stop_step={self.stop_step}"
+            elif self.deadline is not None and time.monotonic() >= self.deadline:
+                self._stop_signal = "stop_after"
+        return bool(self._stop_signal)
+
     def run(self) -> dict:
         metrics_path, ckpt_path = self.out / METRICS, self.out / CKPT
         self.resume_or_start(metrics_path, ckpt_path)
@@ -506,7 +520,7 @@ class Trainer:
             with open(metrics_path, "a") as mf:
                 while self.step < self.total_steps:
                     ref = self.reference
-                    if ref is not None and not ref.wait_for(self.step / self.spe, lambda: bool(self._stop_signal)):
+                    if ref is not None and not ref.wait_for(self.step / self.spe, self._stopping):
                         mf.flush()  # stopped while waiting for the reference: a whole step to resume from
                         os.fsync(mf.fileno())
                         save_checkpoint(ckpt_path, self.state())
@@ -524,11 +538,12 @@ class Trainer:
                         mf.flush()
                         self._tensorboard(row)
                         self._postfix(bar, row, s - start, t0)
-                    if (sample and s % self.ckpt_every == 0) or last or (self._stop_signal and not last):
+                    stop = not last and self._stopping()
+                    if (sample and s % self.ckpt_every == 0) or last or stop:
                         mf.flush()
                         os.fsync(mf.fileno())
                         save_checkpoint(ckpt_path, self.state())
-                    if self._stop_signal and not last:
+                    if stop:
                         raise Interrupted(self._stop_signal, s, self.total_steps)
         finally:
             self._restore_signals(old)
@@ -685,8 +700,14 @@ def train(
     force: bool = False,
     progress: bool = True,
     dataset: Cifar10 | None = None,
+    stop_step: int | None = None,
+    stop_after: float | None = None,
 ) -> dict:
-    """Train one run into `out` (see module docstring); returns the summary dict."""
+    """Train one run into `out` (see module docstring); returns the summary dict.
+
+    `stop_step` / `stop_after` (s from this call) end a leg of the run: at that step or time it
+    checkpoints and raises `Interrupted` (exit 130) as on SIGTERM; `resume=True` continues it."""
+    deadline = None if stop_after is None else time.monotonic() + stop_after
     out = Path(out)
     what = prepare_run_dir(cfg, out, resume, force)
     if what == "done":
@@ -695,13 +716,14 @@ def train(
         (out / FAILED).unlink()  # this attempt may succeed; readers wait for it again
     threads = torch.get_num_threads()
     try:  # `threads=` is process-wide in torch: give the caller its setting back
-        return _train(cfg, out, data, progress, dataset)
+        return _train(cfg, out, data, progress, dataset, stop_step, deadline)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(cfg: C.Config, out: Path, data, progress: bool, dataset) -> dict:
+def _train(cfg: C.Config, out: Path, data, progress: bool, dataset, stop_step=None, deadline=None) -> dict:
     trainer = Trainer(cfg, out, data, progress=progress, dataset=dataset)
+    trainer.stop_step, trainer.deadline = stop_step, deadline
     # The resolved config also records what the data gave.
     doc = {
         **cfg.to_dict(),
