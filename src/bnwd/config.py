@@ -86,6 +86,47 @@ class Config:
 
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune")
 
+# One line per Config key for `bnwd config`: a new key needs its line here
+# (tests/test_cli.py::test_every_config_key_has_help checks that every key has one).
+HELP: dict[str, str] = {
+    "variant": "which run: baseline | no_conv_l2 | lr_scaled | lr_scaled_bn098 | lr_exact",
+    "preset": "the preset this config started from: blog | cpu | smoke",
+    "seed": "seed of the init and of the batch order",
+    "train_subset": "training images, class-balanced (0 = all 50,000)",
+    "test_subset": "test images (0 = all 10,000)",
+    "depth": "ResNet depth, 6n+2 (20 = ResNet-20)",
+    "width": "filters in stage 1 (then 2x, 4x); 16 is the article's",
+    "bn_momentum": "BN moving-average momentum, PyTorch convention (1 - TF decay: 0.003 = decay 0.997)",
+    "bn_eps": "BN epsilon",
+    "optimizer": "sgd | adam | adamw",
+    "epochs": "passes over the training set",
+    "batch_size": "images per step",
+    "lr": "initial learning rate",
+    "lr_milestones": "increasing epochs where lr is multiplied by lr_gamma, e.g. 50,100",
+    "lr_gamma": "lr factor at each milestone",
+    "momentum": "SGD momentum (Adam: beta1)",
+    "adam_beta2": "Adam beta2",
+    "conv_weight_decay": "L2 on the scale-invariant conv kernels (baseline only): sets their effective lr",
+    "weight_decay": "L2 on BN gamma/beta and the dense layer (every variant): a real regularizer",
+    "conv_init_scale": "multiplies the conv init: sets only the initial effective lr of the conv kernels",
+    "bn098_view": "lr_scaled also keeps BN statistics at the 0.98-equivalent momentum (the bn098 run for free)",
+    "lr_scaling": "lr_scaled's S_ref: article (the article's fit) | reference (a baseline run) | exact",
+    "reference": "finished baseline run directory, for lr_scaling=reference",
+    "reference_mode": "global | layer: the reference norm summed over conv layers or per layer",
+    "reference_wait": "seconds lr_scaled waits for a reference still training (0 = it must be finished)",
+    "sample_every": "epochs between metric sample points (the article: a quarter epoch)",
+    "eval_every": "epochs between test-set evaluations",
+    "checkpoint_every": "epochs between checkpoints",
+    "log_layers": "per-layer metrics in metrics.jsonl",
+    "tensorboard": "also write TensorBoard events (needs the tensorboard extra)",
+    "device": "auto | cpu | cuda | cuda:N",
+    "amp": "auto (bf16 on CUDA, off on CPU) | bf16 | off",
+    "channels_last": "auto (= on) | on | off: memory layout of activations",
+    "threads": "CPU threads for torch (0 = torch's default)",
+    "compile": "torch.compile the training step: auto (on CUDA) | on | off",
+    "compile_mode": "auto (reduce-overhead on CUDA, default on CPU) | default | reduce-overhead | max-autotune",
+}
+
 # Keys that do not change the result: a run may be resumed with different values.
 RUNTIME_KEYS = ("device", "threads", "tensorboard", "compile", "compile_mode", "reference_wait")
 
@@ -242,6 +283,10 @@ def validate(cfg: Config) -> None:
     need(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
     need(0 < cfg.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {cfg.lr_gamma}")
     need(all(m >= 0 for m in cfg.lr_milestones), f"lr_milestones must be >= 0 epochs, got {cfg.lr_milestones}")
+    need(
+        all(a < b for a, b in zip(cfg.lr_milestones, cfg.lr_milestones[1:])),
+        f"lr_milestones must be increasing epochs, e.g. 1.0,1.5, got {cfg.lr_milestones}",
+    )
     need(0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
     need(0 <= cfg.adam_beta2 < 1, f"adam_beta2 must be in [0, 1), got {cfg.adam_beta2}")
     need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
@@ -298,6 +343,38 @@ def resolved(cfg: Config) -> dict[str, Any]:
         # statistics used at evaluation), so one run can serve both.
         "bn098_view": cfg.variant == "lr_scaled" and cfg.bn098_view,
     }
+
+
+def type_name(key: str) -> str:
+    """The type of config key `key` as written in `bnwd config` (bool, int, float, str, list)."""
+    t = _types()[key]
+    t = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    return "list of float" if t == "list" else t
+
+
+def describe(presets: tuple[str, ...] = PRESETS) -> list[dict[str, Any]]:
+    """Every config key with its type, its default in each of `presets` and its meaning (`HELP`)."""
+    cfgs = {p: make_config(p) for p in presets}
+    return [
+        {
+            "key": f.name,
+            "type": type_name(f.name),
+            "defaults": {p: getattr(c, f.name) for p, c in cfgs.items()},
+            "help": HELP.get(f.name, ""),
+        }
+        for f in fields(Config)
+    ]
+
+
+def format_value(v: Any) -> str:
+    """A config value as it would be typed on the command line (`key=value`)."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list):
+        return ",".join(f"{x:g}" for x in v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v) if v != "" else '""'
 
 
 def load_config(path: str | Path) -> Config:

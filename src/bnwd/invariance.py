@@ -334,6 +334,9 @@ def audit(
       "none":                 wd == 0 ("none (no effect on output)" for a parameter the output ignores).
     `kw` go to `invariance_report`.
     """
+    wds = [weight_decay] if isinstance(weight_decay, (int, float)) else list((weight_decay or {}).values())
+    if not all(float(w) >= 0 for w in wds):
+        raise ConfigError(f"weight decay must be >= 0, got {weight_decay}")
     report = invariance_report(model, example_input, **kw)
     groups = _group(model)
     params = dict(model.named_parameters())

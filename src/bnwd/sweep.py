@@ -656,7 +656,9 @@ def sweep(
     cpus_per_run: float | None = None,
 ) -> dict:
     from .experiments import default_preset, resolve_seeds
+    from .runs import check_out_dir
 
+    check_out_dir(out)
     if engine not in ("local", "ray"):
         raise ConfigError(f"--engine must be local or ray, got {engine!r}")
     if address and engine != "ray":
