@@ -37,7 +37,7 @@ class Config:
     lr_gamma: float = 0.1
     momentum: float = 0.9  # SGD momentum; Adam beta1
     adam_beta2: float = 0.999
-    # L2 (loss + wd * sum(w^2) / 2) is two different things here (design.md):
+    # L2 (loss + wd * sum(w^2) / 2) is two different things here (docs/theory.md):
     conv_weight_decay: float = 2e-4  # on the scale-invariant conv kernels, baseline only: a clock, not a regularizer
     weight_decay: float = 2e-4  # on BN gamma/beta and the dense layer, every variant: a real regularizer
     conv_init_scale: float = (
@@ -63,16 +63,16 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto = bf16 + channels_last on CUDA: alone on an H200, ResNet-20 (width 16, batch 128) steps
     # faster in fp32 NCHW (12,765 vs 11,039 img/s, launch-bound), but the article's four runs
-    # sharing the GPU each ran 1.45x faster in bf16 + channels_last (docs/gpu/call1 vs call2,
-    # train_runs.json), and runs share the GPU in `reproduce --jobs` and sweeps
+    # sharing the GPU each ran 1.45x faster in bf16 + channels_last (docs/gpu/shared_bf16.json vs
+    # shared_fp32.json), and runs share the GPU in `reproduce --jobs` and sweeps
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
-    # auto = on everywhere: on a 2-core AMD EPYC 1.24x per step at width 16 (docs/cpu_ceiling.txt)
-    # and 1.13x end to end on the cpu preset (docs/before_after.txt); the CUDA default above.
+    # auto = on everywhere: on a 2-core AMD EPYC 1.24x per step at width 16 (docs/cpu_ceiling.txt);
+    # the CUDA default above.
     # `models.PointwiseConv` keeps oneDNN's hanging strided-1x1 kernel out of reach
     channels_last: str = "auto"  # auto (= on) | on | off
     threads: int = 0  # CPU threads for torch (0 = torch's default)
-    # auto = compiled with CUDA graphs on CUDA (the step is launch-bound there: 2.44x eager on an
-    # H200, docs/gpu/call2/bench_compile.json; ~20 s to compile), eager on CPU (compiled
+    # auto = compiled with CUDA graphs on CUDA (the step is launch-bound there: 2.55x eager on an
+    # H200, docs/gpu/bench.json), eager on CPU (compiled
     # channels_last trains at 1.00x eager, docs/cpu_compile.json; a crash in the compiled kernels
     # was seen at width 4)
     compile: str = "auto"  # auto (on CUDA) | on | off
@@ -130,7 +130,7 @@ HELP: dict[str, str] = {
 # Keys that do not change the result: a run may be resumed with different values.
 RUNTIME_KEYS = ("device", "threads", "tensorboard", "compile", "compile_mode", "reference_wait")
 
-# The article's dimensionless numbers (design.md, "Shrinking the experiment"): with N steps per
+# The article's dimensionless numbers (docs/theory.md, "Shrinking the experiment"): with N steps per
 # lr stage, the conv norms relax over N * 2 lr lam / (1 - mu) e-folding times per stage and the
 # BN moving average spans (1 / bn_momentum) * 2 lr lam / (1 - mu) of them. Both stay the same
 # when lam and bn_momentum are multiplied by N_article / N.

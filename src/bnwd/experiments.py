@@ -67,7 +67,7 @@ def run_overrides(
 def follows(trained: list[str], reads_baseline: bool, jobs: int) -> bool:
     """Whether lr_scaled reads its baseline while both train: only when one seed's runs can all
     run at once. On 2 cores three 1-thread runs lose more to sharing the two cores than
-    following saves (docs/cpu_follow_wall.txt); a Ray task trains a seed's runs in order anyway."""
+    following saves (docs/performance.md); a Ray task trains a seed's runs in order anyway."""
     return reads_baseline and jobs >= len(trained)
 
 

@@ -4,7 +4,7 @@ A parameter w is scale-invariant when the network's training-mode output satisfi
 f(c w) = f(w) for every c > 0. Then (Euler / chain rule) the gradient of any loss is
 orthogonal to w, <g(w), w> = d/dc L(c w)|_{c=1} = 0, and it scales as g(c w) = g(w) / c.
 L2 weight decay on such a w cannot regularize (a smaller w is the same function); it only
-controls ||w|| and hence the effective learning rate lr / ||w||^2 (design.md).
+controls ||w|| and hence the effective learning rate lr / ||w||^2 (docs/theory.md).
 
 The test, on a float64 deep copy in training mode (batch statistics):
 
