@@ -258,3 +258,11 @@ def test_reproduce_overrides_are_typed_before_the_waves(tmp_path, fake_data_dir,
              "--jobs", "2", "threads=1", "train_subset=0", "test_subset=0"]
         )  # fmt: skip
     assert "(2 at once, 1 thread each)" in capsys.readouterr().out
+
+
+def test_audit_leaves_the_callers_thread_count(capsys):
+    n = torch.get_num_threads()
+    assert main(["audit", "--model", "resnet8", "--input-shape", "3,32,32"]) == 2
+    assert main(["audit", "--model", "resnet8", "--input-shape", "2,3,8,8"]) == 0
+    capsys.readouterr()
+    assert torch.get_num_threads() == n

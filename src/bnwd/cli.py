@@ -291,6 +291,7 @@ def cmd_audit(args) -> int:
     if not args.weight_decay >= 0:
         raise ConfigError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     model = load_factory(args.model)()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # many tiny float64 forwards: threads only add contention
     torch.manual_seed(0)
     x = torch.randn(*shape)
@@ -304,6 +305,8 @@ def cmd_audit(args) -> int:
             f"the model cannot take an input of shape {args.input_shape} ({one_line(e)}); "
             "--input-shape is batch first, e.g. 8,3,32,32"
         ) from None
+    finally:  # main() may run inside a caller's process (tests, notebooks)
+        torch.set_num_threads(threads)
     print(format_audit(rows))
     return 0
 
