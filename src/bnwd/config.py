@@ -148,7 +148,7 @@ def same_clock(stage_steps: int) -> dict[str, float]:
 PRESET_VALUES: dict[str, dict[str, Any]] = {
     # The article: 150 epochs, 0.1/0.01/0.001 at epochs 50/100, batch 128, full data, L2 2e-4.
     "blog": {},
-    # The article's physics in ~30 min per training run on 2 CPU cores (three per seed): ResNet-20 at half width (8/16/32
+    # The article's physics in 39 min per seed (three training runs) on 2 CPU cores: ResNet-20 at half width (8/16/32
     # filters), all 50,000 training and 10,000 test images, three lr stages of 897 steps (2.3
     # epochs) instead of 19,500, so conv L2 and BN momentum are both 21.7x the article's
     # (`same_clock`): relaxation times 7.8 / 0.78 / 0.078 per stage and a BN window of 0.13
