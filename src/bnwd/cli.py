@@ -18,7 +18,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _common_train(p: argparse.ArgumentParser) -> None:
     _data_device(p)
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 lr=0.05")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. epochs=10 lr=0.05 (`bnwd config` lists every key)",
+    )
 
 
 def _data_device(p: argparse.ArgumentParser) -> None:
