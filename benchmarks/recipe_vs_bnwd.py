@@ -137,7 +137,7 @@ def load_images(data: str | None, n: int):
 
         ds = load_cifar10(data, download=False)
         x = ds.train_x.permute(0, 2, 3, 1).contiguous().numpy()
-        return x, ds.train_y.numpy(), f"CIFAR-10 train split from {ds.source} ({len(x)} images)"
+        return x, ds.train_y.numpy(), f"CIFAR-10 train split from {Path(ds.source).name} ({len(x)} images)"
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
     return x, rng.integers(0, 10, size=n).astype(np.int64), f"{n} random uint8 32x32x3 images (synthetic)"

@@ -1,24 +1,17 @@
-"""Fill the README's generated blocks from files that scripts wrote, so no number is typed by hand.
+"""Fill the generated blocks of the README and docs/ from files that bnwd wrote, so no number is typed by hand.
 
-    python benchmarks/update_readme.py            # rewrite README.md in place
-    python benchmarks/update_readme.py --check    # exit 1 if README.md is out of date
+    python benchmarks/update_readme.py            # rewrite the blocks in place
+    python benchmarks/update_readme.py --check    # exit 1 if a block is out of date
 
-Blocks (between `<!-- NAME:start -->` and `<!-- NAME:end -->`):
-  results   from docs/cpu/summary.json and docs/cpu/claims.json (written by
-            `bnwd plot runs/cpu/runs --out docs/cpu`, see docs/cpu/README.md)
-  dimless   the dimensionless-numbers table of docs/cpu/report.md
-  perf      docs/perf.md (written by `python benchmarks/recipe_vs_bnwd.py --out docs/perf.md`)
-  ceiling   docs/cpu_ceiling.txt (the output of `python benchmarks/cpu_ceiling.py`)
-  before_after  docs/before_after.txt (the output of `python benchmarks/before_after.py`)
-  walls     docs/cpu_preset_wall.txt (the output of `python benchmarks/run_walls.py runs/cpu_waves`)
-  schedules docs/parallel_cpu.txt (the output of `python benchmarks/schedules.py`)
-  before_after_reproduce  docs/before_after_reproduce.txt (`python benchmarks/before_after.py --reproduce`)
-  before_after_follow  docs/before_after_follow.txt (the same, lr_scaled beside its baseline or after it)
-  walls_follow  docs/cpu_follow_wall.txt (`python benchmarks/run_walls.py runs/cpu_follow`)
-  budget    docs/preset_budget.txt (the output of `python benchmarks/preset_budget.py`)
-  gpu       docs/gpu/call*/ (written on a lent GPU by `benchmarks/gpu_check.sh`, see docs/gpu/README.md)
-  sweep     docs/sweep/summary.json and sweep.json (written by `bnwd sweep ... --out runs/sweep_cpu`,
-            copied to docs/sweep by `bnwd sweep --plot`; see docs/sweep/README.md)
+Blocks (between `<!-- NAME:start -->` and `<!-- NAME:end -->`), by file:
+  README.md            results   docs/cpu/summary.json and docs/cpu/claims.json (written by
+                                 `bnwd plot runs/cpu/runs --out docs/cpu`)
+  docs/theory.md       dimless   the dimensionless-numbers table of docs/cpu/report.md
+  docs/performance.md  perf      docs/perf.md (`python benchmarks/recipe_vs_bnwd.py --data ../shared/data
+                                 --out docs/perf.md --json-out docs/perf.json`)
+                       ceiling   docs/cpu_ceiling.txt (`python benchmarks/cpu_ceiling.py --perf-json docs/perf.json`)
+                       gpu       docs/gpu/*.json (see docs/gpu/README.md)
+  docs/sweep/README.md sweep     docs/sweep/summary.json and sweep.json (see docs/sweep/README.md)
 """
 
 import argparse
@@ -96,84 +89,43 @@ def _text(name: str) -> str:
     return f"Printed by {lines[0]}:\n\n```text\n" + "\n".join(lines[1:]) + "\n```"
 
 
-# Blocks that are one script's saved stdout, verbatim (`_text`).
-TEXT_BLOCKS = {
-    "ceiling": "cpu_ceiling.txt",
-    "before_after": "before_after.txt",
-    "walls": "cpu_preset_wall.txt",
-    "schedules": "parallel_cpu.txt",
-    "before_after_reproduce": "before_after_reproduce.txt",
-    "before_after_follow": "before_after_follow.txt",
-    "walls_follow": "cpu_follow_wall.txt",
-    "budget": "preset_budget.txt",
-}
-
-
 ARTICLE_IMAGES = 4 * 150 * 50_000  # the article's four runs of 150 epochs
 
 
 def gpu() -> str:
     gdir = ROOT / "docs" / "gpu"
-    env = (gdir / "call1" / "env.txt").read_text().splitlines()
+    bench = json.loads((gdir / "bench.json").read_text())
     lines = [
-        f"One {next((x.split(',')[0] for x in env if 'H200' in x or 'H100' in x), 'GPU')}, "
-        f"{next((x.split('|')[1].strip() for x in env if x.startswith('python')), '')}, ResNet-20 width 16, "
-        "batch 128, synthetic data on the GPU; `bnwd bench` interleaves steps with and without the Monitor. "
-        "The Monitor changed between calls (docs/gpu/README.md), so its overhead is comparable only within a call.",
+        f"`bnwd bench` on one {bench['device_name']}, torch {bench['torch']}, ResNet-20 width {bench['width']}, "
+        f"batch {bench['batch_size']}, synthetic data on the GPU, steps with and without the Monitor interleaved:",
         "",
-        "| call | configuration | img/s, Monitor off | img/s, Monitor on | Monitor overhead | compiled / eager |",
+        "| configuration | img/s, Monitor off | img/s, Monitor on | Monitor overhead | compiled / eager | eval img/s |",
         "|---|---|---|---|---|---|",
     ]
-    for call in sorted(p.name for p in gdir.glob("call*")):
-        seen = set()
-        for f in ("bench_eager.json", "bench_compile.json"):
-            path = gdir / call / f
-            if not path.exists():
-                continue
-            for name, r in json.loads(path.read_text())["configs"].items():
-                if name in seen:
-                    continue
-                seen.add(name)
-                sp = r.get("speedup_vs_eager")
-                lines.append(
-                    f"| {call} | {name} | {r['img_per_s']:,.0f} | {r['img_per_s_with_monitor']:,.0f} | "
-                    f"+{100 * r['monitor_overhead']:.1f}% | {f'{sp:.2f}x' if sp else ''} |"
-                )
-    lines += ["", "Runs sharing the GPU (`bnwd train` processes started together, each its own loop):", ""]
-    for call in sorted(p.name for p in gdir.glob("call*")):
-        tr = gdir / call / "train_runs.json"
-        if tr.exists():
-            runs = [r for r in json.loads(tr.read_text())["runs"] if "img_per_s" in r]
-            if runs:
-                ips = [r["img_per_s"] for r in runs]
-                lines.append(
-                    f"- {call}: the 4 `blog` runs, 2 epochs each, eager, {min(ips):,.0f}–{max(ips):,.0f} img/s per run, "
-                    f"{sum(ips):,.0f} together"
-                )
-        par = gdir / call / "parallel.json"
-        if par.exists():
-            p = json.loads(par.read_text())
-            if p.get("aggregate_img_per_s"):
-                lines.append(
-                    f"- {call}: {p['runs']} baseline runs of 1 epoch, eager fp32, "
-                    f"{min(p['img_per_s_each']):,.0f}–{max(p['img_per_s_each']):,.0f} img/s per run, "
-                    f"{p['aggregate_img_per_s']:,.0f} together"
-                )
-    best = max(
-        (
-            (r["img_per_s_with_monitor"], call, name)
-            for call in (p.name for p in gdir.glob("call*"))
-            for f in ("bench_eager.json", "bench_compile.json")
-            if (gdir / call / f).exists()
-            for name, r in json.loads((gdir / call / f).read_text())["configs"].items()
+    for name, r in bench["configs"].items():
+        sp = r.get("speedup_vs_eager")
+        lines.append(
+            f"| {name} | {r['img_per_s']:,.0f} | {r['img_per_s_with_monitor']:,.0f} | "
+            f"+{100 * r['monitor_overhead']:.1f}% | {f'{sp:.2f}x' if sp else ''} | {r['eval_img_per_s']:,.0f} |"
         )
+    lines += ["", "`bnwd train` processes sharing the GPU, eager, Monitor on (`benchmarks/gpu_check.sh`):", ""]
+    for f, what in (("shared_bf16.json", "bf16 + channels_last"), ("shared_fp32.json", "fp32")):
+        runs = [r for r in json.loads((gdir / f).read_text())["runs"] if "img_per_s" in r]
+        ips = [r["img_per_s"] for r in runs]
+        lines.append(
+            f"- the article's {len(runs)} runs, 2 epochs each, {what}: {min(ips):,.0f}–{max(ips):,.0f} img/s per run, "
+            f"{sum(ips):,.0f} together (`{f}`)"
+        )
+    p = json.loads((gdir / "parallel_fp32.json").read_text())
+    lines.append(
+        f"- {p['runs']} baseline runs of 1 epoch, fp32: {min(p['img_per_s_each']):,.0f}–"
+        f"{max(p['img_per_s_each']):,.0f} img/s per run, {p['aggregate_img_per_s']:,.0f} together (`parallel_fp32.json`)"
     )
+    shared = sum(r["img_per_s"] for r in json.loads((gdir / "shared_bf16.json").read_text())["runs"])
     lines += [
         "",
-        f"PROJECTION, not a measurement: the article's 4 x 150 epochs ({ARTICLE_IMAGES:,} training images) at the "
-        f"fastest single-process rate measured with the Monitor on ({best[0]:,.0f} img/s, {best[1]} {best[2]}), one run "
-        f"after another, training steps only: {ARTICLE_IMAGES / best[0] / 60:.0f} min. The goal is 10 min; compiled "
-        "runs sharing the GPU were not measured.",
+        f"Estimate, not a measurement: the article's 4 × 150 epochs ({ARTICLE_IMAGES:,} training images) at the "
+        f"4 shared runs' {shared:,.0f} img/s take {ARTICLE_IMAGES / shared / 60:.0f} min of training steps.",
     ]
     return "\n".join(lines)
 
@@ -228,39 +180,41 @@ def sweep() -> str:
     return "\n".join(lines)
 
 
+# file -> {block name: function writing its body}
 BLOCKS = {
-    "results": results,
-    "dimless": dimless,
-    "perf": perf,
-    **{name: functools.partial(_text, file) for name, file in TEXT_BLOCKS.items()},
-    "gpu": gpu,
-    "sweep": sweep,
+    "README.md": {"results": results},
+    "docs/theory.md": {"dimless": dimless},
+    "docs/performance.md": {
+        "perf": perf,
+        "ceiling": functools.partial(_text, "cpu_ceiling.txt"),
+        "gpu": gpu,
+    },
+    "docs/sweep/README.md": {"sweep": sweep},
 }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    ap.add_argument("--check", action="store_true", help="only check that the files are up to date")
     a = ap.parse_args()
-    path = ROOT / "README.md"
-    old = path.read_text()
-    new = old
-    for name, fn in BLOCKS.items():
-        pat = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
-        if not pat.search(new):
-            continue
-        try:
+    stale = []
+    for rel, blocks in BLOCKS.items():
+        path = ROOT / rel
+        old = path.read_text()
+        new = old
+        for name, fn in blocks.items():
+            pat = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+            if not pat.search(new):
+                raise SystemExit(f"{rel} has no block {name}")
             body = fn()
-        except FileNotFoundError as e:
-            print(f"skipping block {name}: {e.filename} missing", file=sys.stderr)
-            continue
-        new = pat.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), new)
-    if a.check:
+            new = pat.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), new)
         if new != old:
-            print("README.md is out of date: run python benchmarks/update_readme.py", file=sys.stderr)
-            return 1
-        return 0
-    path.write_text(new)
+            stale.append(rel)
+            if not a.check:
+                path.write_text(new)
+    if a.check and stale:
+        print(f"out of date: {', '.join(stale)}; run python benchmarks/update_readme.py", file=sys.stderr)
+        return 1
     return 0
 
 

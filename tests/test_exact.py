@@ -1,4 +1,4 @@
-"""The exact weight-decay -> lr transform (design.md): w~_t = w_t / s_t, same train-mode function.
+"""The exact weight-decay -> lr transform (docs/theory.md): w~_t = w_t / s_t, same train-mode function.
 
 Float64, a conv-BN-ReLU-conv-BN-ReLU-GAP-Linear net, 4 fixed batches cycled, 300 steps of SGD
 (lr 0.1, momentum 0.9) with a 10x MultiStepLR drop at step 150, L2 5e-3 on every group; the
@@ -143,7 +143,7 @@ def test_rescaled_bn_stats_match_in_eval_mode():
 
 
 def test_decay_scales_matches_zero_gradient_sgd_recursion_and_wrapper():
-    """decay_scales = the design.md recursion = SGD on a zero-gradient weight w_0 = 1 = the transform's s_t."""
+    """decay_scales = the recursion of docs/theory.md = SGD on a zero-gradient weight w_0 = 1 = the transform's s_t."""
     lrs = [LR] * DROP + [LR / 10] * (STEPS - DROP)
     s = decay_scales(lrs, MU, WD)
     assert s.dtype == np.float64 and len(s) == STEPS + 1

@@ -253,7 +253,7 @@ def test_seeds_as_count_or_list():
 
 
 def test_article_dimensionless_numbers():
-    """design.md: relaxation 7.8 / 0.78 / 0.078 per stage, BN window 0.133 (decay 0.997) and 0.02 (0.98)."""
+    """docs/theory.md: relaxation 7.8 / 0.78 / 0.078 per stage, BN window 0.133 (decay 0.997) and 0.02 (0.98)."""
     d = dimensionless(ARTICLE_CONFIG)
     assert d["stage_steps"] == [19500] * 3
     assert d["relaxation"] == pytest.approx([7.8, 0.78, 0.078])

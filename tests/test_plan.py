@@ -166,7 +166,7 @@ def test_article_numbers_and_theory():
     np.testing.assert_allclose(relax, theory.dimensionless(theory.ARTICLE_CONFIG)["relaxation"], rtol=1e-9)
     assert [st["equilibrium"] for st in conv["stages"]] == ["yes", "no", "no"]
     assert [(s["start"], s["steps"]) for s in p.stages] == [(0, 19_500), (19_500, 19_500), (39_000, 19_500)]
-    # delta^2 tau = (1 - mu)/(1 + mu) (design.md)
+    # delta^2 tau = (1 - mu)/(1 + mu) (docs/theory.md)
     assert s1["delta"] ** 2 * s1["tau_steps"] == pytest.approx(0.1 / 1.9)
     # the last 0.858 relaxation times start 0.142/7.8 of stage 1 before its end: epoch 49.09
     assert conv["equilibrium_until_epoch"] == pytest.approx(50 - 50 * (1 - 0.78 - 0.078) / 7.8, abs=0.01)

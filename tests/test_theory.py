@@ -1,4 +1,4 @@
-"""Equilibrium predictions (design.md "Equilibrium") against the design's number and simulations."""
+"""Equilibrium predictions (docs/theory.md, "Equilibrium and relaxation") against its numbers and simulations."""
 
 import numpy as np
 import pytest

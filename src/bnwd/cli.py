@@ -1,12 +1,13 @@
-"""`bnwd` command line: train, reproduce, sweep, plot, audit, plan, bench."""
+"""`bnwd` command line: train, reproduce, sweep, plot, audit, plan, bench, config."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .errors import BnwdError, ConfigError
+from .errors import BnwdError, ConfigError, one_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,7 +18,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _common_train(p: argparse.ArgumentParser) -> None:
     _data_device(p)
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 lr=0.05")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. epochs=10 lr=0.05 (`bnwd config` lists every key)",
+    )
 
 
 def _data_device(p: argparse.ArgumentParser) -> None:
@@ -28,6 +34,10 @@ def _data_device(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# One rule for every command that takes --preset.
+PRESET_RULE = "default: blog when torch sees a CUDA GPU, cpu otherwise"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one run into a run directory")
     t.add_argument("--variant", default="baseline", help=f"one of {', '.join(VARIANTS)}")
-    t.add_argument(
-        "--preset", default="blog", help=f"one of {', '.join(PRESETS)} (default blog: the article's 150 epochs)"
-    )
+    t.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} ({PRESET_RULE})")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
@@ -67,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_train(t)
 
     r = sub.add_parser("reproduce", help="the article's four runs (x seeds), figures, summary and report")
-    r.add_argument("--preset", default=None, help="blog | cpu | smoke (default: blog with a GPU, cpu without)")
+    r.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} ({PRESET_RULE})")
     r.add_argument("--seeds", type=int, default=None, help="number of seeds: 0..N-1 (default 1)")
     r.add_argument("--seed-list", default=None, help="comma-separated seeds instead, e.g. 10,11,12 (7: seed 7 alone)")
     r.add_argument(
@@ -81,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gpus-per-run", type=float, default=None, help="ray: num_gpus per seed (default 0.25 on GPU)")
     r.add_argument("--cpus-per-run", type=float, default=None, help="ray: num_cpus per seed (default 1)")
     r.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
-    r.add_argument("--optimizer", default="sgd", help="sgd | adam | adamw")
+    r.add_argument("--optimizer", default="sgd", help="sgd | adam | adamw (default sgd)")
     r.add_argument(
         "--exact", action="store_true", help="add the lr_exact run (exact transform + BN statistics rescaled)"
     )
@@ -101,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", type=int, default=None, help="number of seeds: 0..N-1 (default 1)")
     sw.add_argument("--seed-list", default=None, help="comma-separated seeds instead")
     sw.add_argument("--variant", default="baseline", help=f"one of {', '.join(VARIANTS)} (default baseline)")
-    sw.add_argument("--preset", default=None, help="blog | cpu | smoke (default: blog with a GPU, cpu without)")
+    sw.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} ({PRESET_RULE})")
     sw.add_argument("--out", default=None, help="sweep folder")
     sw.add_argument("--engine", default="local", choices=["local", "ray"], help="local process pool or Ray")
     sw.add_argument("--address", default=None, help="Ray cluster address (ray://host:10001 or host:6379)")
@@ -122,7 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="which parameters are scale-invariant, and what their L2 does")
     a.add_argument("--model", default="resnet20", help="resnet20 | resnetN | package.module:factory")
     a.add_argument("--input-shape", default="8,3,32,32", help="example input shape, comma-separated (batch first)")
-    a.add_argument("--weight-decay", type=float, default=2e-4, help="L2 coefficient assumed on every parameter")
+    a.add_argument("--weight-decay", type=float, default=2e-4, help="L2 coefficient (>= 0) assumed on every parameter")
+
+    c = sub.add_parser(
+        "config",
+        help="every config key: type, default per preset, meaning",
+        description="Every config key that `bnwd train`, `reproduce` and `sweep` take as key=value, with its type, "
+        "its default in each preset and what it means.",
+    )
+    c.add_argument("--preset", default=None, help=f"only this preset's defaults (one of {', '.join(PRESETS)})")
 
     _plan_parser(sub)
 
@@ -178,13 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     from .config import make_config, parse_overrides
-    from .train import train
+    from .data import load_cifar10
+    from .experiments import default_preset
+    from .train import pick_device, train
 
     ov = parse_overrides(args.overrides)
     kw = {"variant": args.variant, "seed": args.seed}
     if args.device:
         kw["device"] = args.device
-    cfg = make_config(args.preset, {**kw, **ov})
+    cfg = make_config(args.preset or default_preset(), {**kw, **ov})
+    # Device and data first: a run that cannot start writes nothing (loading is cached in the process).
+    pick_device(cfg.device)
+    load_cifar10(args.data)
     s = train(
         cfg,
         args.out,
@@ -293,12 +314,29 @@ def cmd_audit(args) -> int:
         shape = tuple(int(s) for s in args.input_shape.split(","))
     except ValueError:
         raise ConfigError(f"--input-shape must be comma-separated integers, got {args.input_shape!r}") from None
+    if len(shape) < 2 or any(n < 1 for n in shape):
+        raise ConfigError(
+            f"--input-shape needs a batch size first and sizes >= 1, e.g. 8,3,32,32, got {args.input_shape!r}"
+        )
+    if not args.weight_decay >= 0:
+        raise ConfigError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     model = load_factory(args.model)()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # many tiny float64 forwards: threads only add contention
     torch.manual_seed(0)
     x = torch.randn(*shape)
     names = [n for n, _ in model.named_parameters()]
-    rows = audit(model, x, {n: args.weight_decay for n in names})
+    try:
+        rows = audit(model, x, {n: args.weight_decay for n in names})
+    except BnwdError:
+        raise
+    except Exception as e:  # the model's own forward rejected the input
+        raise ConfigError(
+            f"the model cannot take an input of shape {args.input_shape} ({one_line(e)}); "
+            "--input-shape is batch first, e.g. 8,3,32,32"
+        ) from None
+    finally:  # main() may run inside a caller's process (tests, notebooks)
+        torch.set_num_threads(threads)
     print(format_audit(rows))
     return 0
 
@@ -449,6 +487,22 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from .config import PRESETS, describe, format_value
+
+    if args.preset is not None and args.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    presets = (args.preset,) if args.preset else PRESETS
+    rows = describe(presets)
+    head = ["key", "type", *presets, "meaning"]
+    table = [[r["key"], r["type"], *(format_value(r["defaults"][p]) for p in presets), r["help"]] for r in rows]
+    widths = [max(len(x[i]) for x in [head, *table]) for i in range(len(head) - 1)]
+    for line in [head, *table]:
+        print("  ".join(x.ljust(w) for x, w in zip(line, widths)) + "  " + line[-1])
+    print("\nSet any key with key=value after `bnwd train`, `bnwd reproduce` or `bnwd sweep --set`.")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import bench
 
@@ -471,6 +525,15 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _how_to_continue(cmd: str) -> str:
+    """What to type after an interrupt: train needs --resume; reproduce and sweep resume by themselves."""
+    if cmd == "train":
+        return "continue with the same command plus --resume"
+    if cmd in ("reproduce", "sweep"):
+        return "run the same command again to continue (finished runs are kept, interrupted ones resume)"
+    return "run the same command again"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -482,13 +545,18 @@ def main(argv: list[str] | None = None) -> int:
             "audit": cmd_audit,
             "plan": cmd_plan,
             "bench": cmd_bench,
+            "config": cmd_config,
         }[args.cmd](args)
     except BnwdError as e:
-        sys.stderr.write(f"bnwd: {e}\n")
+        where = getattr(e, "where", None)  # train.Interrupted: where it stopped, then what to type
+        sys.stderr.write(f"bnwd: {where}; {_how_to_continue(args.cmd)}\n" if where else f"bnwd: {e}\n")
         return e.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("bnwd: interrupted\n")
+        sys.stderr.write(f"bnwd: interrupted; {_how_to_continue(args.cmd)}\n")
         return 130
+    except BrokenPipeError:  # e.g. `bnwd config | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class Config:
     lr_gamma: float = 0.1
     momentum: float = 0.9  # SGD momentum; Adam beta1
     adam_beta2: float = 0.999
-    # L2 (loss + wd * sum(w^2) / 2) is two different things here (design.md):
+    # L2 (loss + wd * sum(w^2) / 2) is two different things here (docs/theory.md):
     conv_weight_decay: float = 2e-4  # on the scale-invariant conv kernels, baseline only: a clock, not a regularizer
     weight_decay: float = 2e-4  # on BN gamma/beta and the dense layer, every variant: a real regularizer
     conv_init_scale: float = (
@@ -68,16 +68,16 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto = bf16 + channels_last on CUDA: alone on an H200, ResNet-20 (width 16, batch 128) steps
     # faster in fp32 NCHW (12,765 vs 11,039 img/s, launch-bound), but the article's four runs
-    # sharing the GPU each ran 1.45x faster in bf16 + channels_last (docs/gpu/call1 vs call2,
-    # train_runs.json), and runs share the GPU in `reproduce --jobs` and sweeps
+    # sharing the GPU each ran 1.45x faster in bf16 + channels_last (docs/gpu/shared_bf16.json vs
+    # shared_fp32.json), and runs share the GPU in `reproduce --jobs` and sweeps
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
-    # auto = on everywhere: on a 2-core AMD EPYC 1.24x per step at width 16 (docs/cpu_ceiling.txt)
-    # and 1.13x end to end on the cpu preset (docs/before_after.txt); the CUDA default above.
+    # auto = on everywhere: on a 2-core AMD EPYC 1.24x per step at width 16 (docs/cpu_ceiling.txt);
+    # the CUDA default above.
     # `models.PointwiseConv` keeps oneDNN's hanging strided-1x1 kernel out of reach
     channels_last: str = "auto"  # auto (= on) | on | off
     threads: int = 0  # CPU threads for torch (0 = torch's default)
-    # auto = compiled with CUDA graphs on CUDA (the step is launch-bound there: 2.44x eager on an
-    # H200, docs/gpu/call2/bench_compile.json; ~20 s to compile), eager on CPU (compiled
+    # auto = compiled with CUDA graphs on CUDA (the step is launch-bound there: 2.55x eager on an
+    # H200, docs/gpu/bench.json), eager on CPU (compiled
     # channels_last trains at 1.00x eager, docs/cpu_compile.json; a crash in the compiled kernels
     # was seen at width 4)
     compile: str = "auto"  # auto (on CUDA) | on | off
@@ -92,10 +92,54 @@ class Config:
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune")
 BN_VIEWS = ("all", "stage1", "off")
 
+# One line per Config key for `bnwd config`: a new key needs its line here
+# (tests/test_cli.py::test_every_config_key_has_help checks that every key has one).
+HELP: dict[str, str] = {
+    "variant": "which run: baseline | no_conv_l2 | lr_scaled | lr_scaled_bn098 | lr_exact",
+    "preset": "the preset this config started from: blog | cpu | smoke",
+    "seed": "seed of the init and of the batch order",
+    "train_subset": "training images, class-balanced (0 = all 50,000)",
+    "test_subset": "test images (0 = all 10,000)",
+    "depth": "ResNet depth, 6n+2 (20 = ResNet-20)",
+    "width": "filters in stage 1 (then 2x, 4x); 16 is the article's",
+    "bn_momentum": "BN moving-average momentum, PyTorch convention (1 - TF decay: 0.003 = decay 0.997)",
+    "bn_eps": "BN epsilon",
+    "optimizer": "sgd | adam | adamw",
+    "epochs": "passes over the training set",
+    "batch_size": "images per step",
+    "lr": "initial learning rate",
+    "lr_milestones": "increasing epochs where lr is multiplied by lr_gamma, e.g. 50,100",
+    "lr_gamma": "lr factor at each milestone",
+    "momentum": "SGD momentum (Adam: beta1)",
+    "adam_beta2": "Adam beta2",
+    "conv_weight_decay": "L2 on the scale-invariant conv kernels (baseline only): sets their effective lr",
+    "weight_decay": "L2 on BN gamma/beta and the dense layer (every variant): a real regularizer",
+    "conv_init_scale": "multiplies the conv init: sets only the initial effective lr of the conv kernels",
+    "bn098_view": "lr_scaled also keeps BN statistics at the 0.98-equivalent momentum (the bn098 run for free)",
+    "bn_views": "test evaluations with other BN statistics (bn098, comp, precise): all | stage1 (up to the "
+    "first lr drop, and the last) | off",
+    "precise_batches": "training batches averaged for the precise view's recomputed BN statistics",
+    "lr_scaling": "lr_scaled's S_ref: article (the article's fit) | reference (a baseline run) | exact",
+    "reference": "finished baseline run directory, for lr_scaling=reference",
+    "reference_mode": "global | layer: the reference norm summed over conv layers or per layer",
+    "reference_wait": "seconds lr_scaled waits for a reference still training (0 = it must be finished)",
+    "sample_every": "epochs between metric sample points (the article: a quarter epoch)",
+    "eval_every": "epochs between test-set evaluations",
+    "checkpoint_every": "epochs between checkpoints",
+    "log_layers": "per-layer metrics in metrics.jsonl",
+    "tensorboard": "also write TensorBoard events (needs the tensorboard extra)",
+    "device": "auto | cpu | cuda | cuda:N",
+    "amp": "auto (bf16 on CUDA, off on CPU) | bf16 | off",
+    "channels_last": "auto (= on) | on | off: memory layout of activations",
+    "threads": "CPU threads for torch (0 = torch's default)",
+    "compile": "torch.compile the training step: auto (on CUDA) | on | off",
+    "compile_mode": "auto (reduce-overhead on CUDA, default on CPU) | default | reduce-overhead | max-autotune",
+}
+
 # Keys that do not change the result: a run may be resumed with different values.
 RUNTIME_KEYS = ("device", "threads", "tensorboard", "compile", "compile_mode", "reference_wait")
 
-# The article's dimensionless numbers (design.md, "Shrinking the experiment"): with N steps per
+# The article's dimensionless numbers (docs/theory.md, "Shrinking the experiment"): with N steps per
 # lr stage, the conv norms relax over N * 2 lr lam / (1 - mu) e-folding times per stage and the
 # BN moving average spans (1 / bn_momentum) * 2 lr lam / (1 - mu) of them. Both stay the same
 # when lam and bn_momentum are multiplied by N_article / N.
@@ -113,7 +157,7 @@ def same_clock(stage_steps: int) -> dict[str, float]:
 PRESET_VALUES: dict[str, dict[str, Any]] = {
     # The article: 150 epochs, 0.1/0.01/0.001 at epochs 50/100, batch 128, full data, L2 2e-4.
     "blog": {},
-    # The article's physics in ~30 min per training run on 2 CPU cores (three per seed): ResNet-20 at half width (8/16/32
+    # The article's physics in 39 min per seed (three training runs) on 2 CPU cores: ResNet-20 at half width (8/16/32
     # filters), all 50,000 training and 10,000 test images, three lr stages of 897 steps (2.3
     # epochs) instead of 19,500, so conv L2 and BN momentum are both 21.7x the article's
     # (`same_clock`): relaxation times 7.8 / 0.78 / 0.078 per stage and a BN window of 0.13
@@ -250,6 +294,10 @@ def validate(cfg: Config) -> None:
     need(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
     need(0 < cfg.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {cfg.lr_gamma}")
     need(all(m >= 0 for m in cfg.lr_milestones), f"lr_milestones must be >= 0 epochs, got {cfg.lr_milestones}")
+    need(
+        all(a < b for a, b in zip(cfg.lr_milestones, cfg.lr_milestones[1:])),
+        f"lr_milestones must be increasing epochs, e.g. 1.0,1.5, got {cfg.lr_milestones}",
+    )
     need(0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
     need(0 <= cfg.adam_beta2 < 1, f"adam_beta2 must be in [0, 1), got {cfg.adam_beta2}")
     need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
@@ -306,6 +354,38 @@ def resolved(cfg: Config) -> dict[str, Any]:
         # statistics used at evaluation), so one run can serve both.
         "bn098_view": cfg.variant == "lr_scaled" and cfg.bn098_view,
     }
+
+
+def type_name(key: str) -> str:
+    """The type of config key `key` as written in `bnwd config` (bool, int, float, str, list)."""
+    t = _types()[key]
+    t = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    return "list of float" if t == "list" else t
+
+
+def describe(presets: tuple[str, ...] = PRESETS) -> list[dict[str, Any]]:
+    """Every config key with its type, its default in each of `presets` and its meaning (`HELP`)."""
+    cfgs = {p: make_config(p) for p in presets}
+    return [
+        {
+            "key": f.name,
+            "type": type_name(f.name),
+            "defaults": {p: getattr(c, f.name) for p, c in cfgs.items()},
+            "help": HELP.get(f.name, ""),
+        }
+        for f in fields(Config)
+    ]
+
+
+def format_value(v: Any) -> str:
+    """A config value as it would be typed on the command line (`key=value`)."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list):
+        return ",".join(f"{x:g}" for x in v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v) if v != "" else '""'
 
 
 def load_config(path: str | Path) -> Config:

@@ -430,18 +430,28 @@ def _download(root: Path) -> Path:
 # --------------------------------------------------------------------------- #
 
 
-def load_cifar10(data: str | os.PathLike | None = None, download: bool = True) -> Cifar10:
+def load_cifar10(data: str | os.PathLike | None = None, download: bool | None = None) -> Cifar10:
     """Load CIFAR-10 from a data folder (see :func:`resolve_root`).
 
     The folder may hold ``cifar-10-batches-py/`` (preferred when present) or
     ``cifar-10-python.tar.gz`` (read in memory, not extracted). ``data`` may
     also name such an archive file directly. When neither is there and
     ``download`` is true (or the folder is the default cache), the official
-    archive is downloaded into the folder and md5-checked. Decoded tensors are
+    archive is downloaded into the folder and md5-checked. ``download=None``
+    (the default) downloads only when ``data`` is not given: a folder the user
+    named must exist and hold the data, so a typo is an error, not a download
+    into a new folder. Decoded tensors are
     cached per process, keyed by path and modification time. Any problem raises
     :class:`~bnwd.errors.DataError` with a one-line message.
     """
     root = resolve_root(data)
+    named = data is not None and str(data) != ""
+    if download is None:
+        download = not named
+    if named and not download and not root.exists():
+        raise DataError(
+            f"data folder {root} does not exist; pass the folder that holds {ARCHIVE_NAME} or {FOLDER_NAME}/"
+        )
     if root.is_file():
         if not root.name.endswith((".tar.gz", ".tgz")):
             raise DataError(

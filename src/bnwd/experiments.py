@@ -10,6 +10,8 @@ from .errors import BnwdError, ConfigError
 
 
 def default_preset() -> str:
+    """The preset of every command run without --preset: the article's `blog` when torch sees a
+    CUDA GPU, the `cpu` preset otherwise."""
     import torch
 
     return "blog" if torch.cuda.is_available() else "cpu"
@@ -65,7 +67,7 @@ def run_overrides(
 def follows(trained: list[str], reads_baseline: bool, jobs: int) -> bool:
     """Whether lr_scaled reads its baseline while both train: only when one seed's runs can all
     run at once. On 2 cores three 1-thread runs lose more to sharing the two cores than
-    following saves (docs/cpu_follow_wall.txt); a Ray task trains a seed's runs in order anyway."""
+    following saves (docs/performance.md); a Ray task trains a seed's runs in order anyway."""
     return reads_baseline and jobs >= len(trained)
 
 
@@ -189,9 +191,13 @@ def reproduce(
     for v in variants:
         if v not in VARIANTS:
             raise ConfigError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    from .runs import check_out_dir
+
     out_dir = Path(out or f"runs/{preset}")
+    check_out_dir(out_dir)
     base_over = {**optimizer_defaults(optimizer), **(overrides or {})}
     probe = make_config(preset, base_over)
+    base_over = {k: getattr(probe, k) for k in base_over}  # typed: `threads="1"` from the command line is 1
     view = probe.bn098_view and "lr_scaled_bn098" in variants
     if view and "lr_scaled" not in variants:
         variants.append("lr_scaled")

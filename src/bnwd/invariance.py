@@ -4,7 +4,7 @@ A parameter w is scale-invariant when the network's training-mode output satisfi
 f(c w) = f(w) for every c > 0. Then (Euler / chain rule) the gradient of any loss is
 orthogonal to w, <g(w), w> = d/dc L(c w)|_{c=1} = 0, and it scales as g(c w) = g(w) / c.
 L2 weight decay on such a w cannot regularize (a smaller w is the same function); it only
-controls ||w|| and hence the effective learning rate lr / ||w||^2 (design.md).
+controls ||w|| and hence the effective learning rate lr / ||w||^2 (docs/theory.md).
 
 The test, on a float64 deep copy in training mode (batch statistics):
 
@@ -334,6 +334,9 @@ def audit(
       "none":                 wd == 0 ("none (no effect on output)" for a parameter the output ignores).
     `kw` go to `invariance_report`.
     """
+    wds = [weight_decay] if isinstance(weight_decay, (int, float)) else list((weight_decay or {}).values())
+    if not all(float(w) >= 0 for w in wds):
+        raise ConfigError(f"weight decay must be >= 0, got {weight_decay}")
     report = invariance_report(model, example_input, **kw)
     groups = _group(model)
     params = dict(model.named_parameters())

@@ -210,7 +210,7 @@ def dimensionless_lines(runs: list[Run]) -> list[str]:
     return [
         "## The article's dimensionless numbers, and this preset's",
         "",
-        'Computed from the resolved configs by `bnwd.theory.dimensionless` (design.md, "Shrinking the experiment"); '
+        'Computed from the resolved configs by `bnwd.theory.dimensionless` (docs/theory.md, "Shrinking the experiment"); '
         "the stage-1 norm growth is measured.",
         "",
         "| number | article | this run |",

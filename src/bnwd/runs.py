@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .config import VARIANTS
-from .errors import BnwdError, CheckpointError
+from .errors import BnwdError, CheckpointError, ConfigError
 
 CONFIG, METRICS, SUMMARY, CKPT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
 FAILED = "failed.txt"
@@ -48,6 +48,18 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise BnwdError(
             f"could not write {path}: {e.strerror or e}; the previous version of the file is intact"
         ) from None
+
+
+def check_out_dir(path: str | Path, flag: str = "--out") -> None:
+    """Refuse an output folder that cannot be one (an existing file, or a file where a parent
+    folder should be) before anything starts or is written: one ConfigError line."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                what = "is a file" if q == p else f"cannot be created: {q} is a file"
+                raise ConfigError(f"{flag} {p} {what}; {flag} names a folder")
+            return
 
 
 def _fsync_dir(d: Path) -> None:

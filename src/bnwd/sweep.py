@@ -208,15 +208,15 @@ def _free_memory_gb() -> float | None:
         return None
 
 
-RUN_MEMORY_GB = 1.5  # one training process, cpu preset: 1.12 GB peak RSS (README, Performance)
+RUN_MEMORY_GB = 1.5  # one training process, cpu preset: about 1.1 GB peak RSS (docs/performance.md)
 GPU_AUTO_JOBS = 8  # runs sharing one GPU under --jobs auto
 
 
 def resolve_jobs(jobs: int | str, device: str = "auto") -> int:
     """`--jobs auto`: on CPU one run per usable core, as many as the free memory holds at
-    RUN_MEMORY_GB each (on 2 cores, two 1-thread runs side by side finish 1.29x sooner than the
-    same two one after the other with 2 threads: docs/parallel_cpu.txt); on CUDA GPU_AUTO_JOBS runs
-    share the GPU (8 together: 2.1x one run's img/s on an H200, docs/gpu/call2/parallel.json)."""
+    RUN_MEMORY_GB each (on 2 cores, two 1-thread runs side by side finish 1.28x sooner than the
+    same two one after the other with 2 threads: docs/performance.md); on CUDA GPU_AUTO_JOBS runs
+    share the GPU (8 together: 2.1x one run's img/s on an H200, docs/gpu/parallel_fp32.json)."""
     if isinstance(jobs, str) and jobs.strip().lower() != "auto":
         try:
             jobs = int(jobs)
@@ -389,7 +389,7 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 def ray_resources(gpus_per_run: float | None, cpus_per_run: float | None) -> dict[str, float]:
     """num_gpus per run on a GPU machine (default 0.25: four ResNet-20 runs share one GPU, which
-    one alone leaves mostly idle; docs/gpu/call2/parallel.json), num_cpus otherwise."""
+    one alone leaves mostly idle; docs/gpu/parallel_fp32.json), num_cpus otherwise."""
     import torch
 
     gpu = gpus_per_run if gpus_per_run is not None else (0.25 if torch.cuda.is_available() else 0.0)
@@ -656,7 +656,9 @@ def sweep(
     cpus_per_run: float | None = None,
 ) -> dict:
     from .experiments import default_preset, resolve_seeds
+    from .runs import check_out_dir
 
+    check_out_dir(out)
     if engine not in ("local", "ray"):
         raise ConfigError(f"--engine must be local or ray, got {engine!r}")
     if address and engine != "ray":

@@ -1,4 +1,4 @@
-"""Equilibrium predictions for scale-invariant weights under weight decay (design.md, "Equilibrium").
+"""Equilibrium predictions for scale-invariant weights under weight decay (docs/theory.md).
 
 A scale-invariant weight w (conv followed by BN) has a gradient orthogonal to w whose size
 goes as 1/||w||: ||g(w)||^2 = L / ||w||^2, with L = E ||g||^2 ||w||^2 the squared gradient
@@ -159,7 +159,7 @@ ARTICLE_CONFIG = {**Config().to_dict(), "steps_per_epoch": 390, "n_test": 10_000
 
 
 def dimensionless(cfg: dict) -> dict:
-    """What a reduced preset must keep of the article (design.md, "Shrinking the experiment"),
+    """What a reduced preset must keep of the article (docs/theory.md),
     from a resolved config (config.json; `steps_per_epoch` and `n_test` from the run):
 
       stage_steps      N_k, steps per lr stage

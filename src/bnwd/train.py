@@ -644,9 +644,8 @@ class Interrupted(BnwdError):
     exit_code = 130
 
     def __init__(self, sig: str, step: int, total: int):
-        super().__init__(
-            f"stopped by {sig} at step {step}/{total}; checkpoint written, continue with the same command plus --resume"
-        )
+        self.where = f"stopped by {sig} at step {step}/{total}; checkpoint written"  # the CLI adds what to type
+        super().__init__(f"{self.where}, continue with the same command plus --resume")
 
 
 # ---------------------------------------------------------------- entry
