@@ -38,35 +38,44 @@ def _pm(st: dict, key: str, pct: bool = False, fmt: str = "{:.3g}") -> str:
 def results() -> str:
     summ = json.loads((CPU / "summary.json").read_text())
     claims = json.loads((CPU / "claims.json").read_text())
-    seeds = sorted({r["seed"] for r in summ["runs"]})
-    walls = [r["wall_s"] for r in summ["runs"] if isinstance(r.get("wall_s"), (int, float))]
+    report = (CPU / "report.md").read_text()
+    seeds = {v: st.get("seeds", []) for v, st in summ["variants"].items()}
     lines = [
-        f"Seeds {seeds} of the `cpu` preset; wall time per training run {min(walls) / 60:.1f}–{max(walls) / 60:.1f} min "
-        "(`lr_scaled_bn098` is evaluated from `lr_scaled`'s training and has no wall time of its own).",
-        "",
         "| run (mean ± std over seeds) | seeds | final test acc (%) | final train loss | test − train loss | final conv sqsum |",
         "|---|---|---|---|---|---|",
     ]
     for v, st in summ["variants"].items():
         lines.append(
-            f"| `{v}` | {st['n']} | {_pm(st, 'final_test_acc', True)} | {_pm(st, 'final_train_loss')} | "
-            f"{_pm(st, 'gap', fmt='{:.3f}')} | {_pm(st, 'final_conv_sqsum')} |"
+            f"| `{v}` | {', '.join(map(str, seeds[v]))} | {_pm(st, 'final_test_acc', True)} | "
+            f"{_pm(st, 'final_train_loss')} | {_pm(st, 'gap', fmt='{:.3f}')} | {_pm(st, 'final_conv_sqsum')} |"
         )
-    lines += ["", "Each claim of the article, with its 95% confidence interval (`docs/cpu/claims.json`):", ""]
+    m = re.search(r"\| variant \| seeds \| own \|.*\n(\|.*\|\n)+", report)
+    if m:
+        lines += [
+            "",
+            "Stage-1 test accuracy (%) of the same weights with four sets of BN statistics (mean over the "
+            "evaluations from epoch 0.5 to the first lr drop):",
+            "",
+            m.group(0).rstrip("\n"),
+        ]
+    lines += ["", "| claim (worded in the report) | kind | verdict | estimate, 95% CI |", "|---|---|---|---|"]
 
     def f(x):
-        return "unbounded" if x is None or (isinstance(x, float) and math.isinf(x)) else f"{x:.3g}"
+        return "∞" if x is None or (isinstance(x, float) and math.isinf(x)) else f"{x:.3g}"
 
-    for c in claims:
+    for c in sorted(claims, key=lambda c: c.get("kind") != "evidence"):
+        est = ""
         if "estimate" in c:
-            s = f"- **{c['verdict']}**: {c['claim']}. {f(c['estimate'])}{c['unit']}, CI [{f(c['ci'][0])}, {f(c['ci'][1])}]{c['unit']}"
+            u = c["unit"]
+            est = f"{f(c['estimate'])}{u} [{f(c['ci'][0])}, {f(c['ci'][1])}]"
+            if c.get("indicative"):
+                est += " (one seed)"
             if c.get("seeds_needed"):
-                s += f"; ~{c['seeds_needed']} seeds per variant would decide it"
-            elif c.get("reason"):
-                s += f"; {c['reason']}"
+                lo, hi = c.get("seeds_needed_range") or (None, None)
+                est += f"; ~{c['seeds_needed']} seeds" + (f" ({lo}-{hi})" if lo and hi else "")
         else:
-            s = f"- **{c['verdict']}**: {c['claim']} ({c.get('reason', '')})"
-        lines.append(s)
+            est = "one seed" if "one seed" in c.get("reason", "") else c.get("reason", "")
+        lines.append(f"| `{c['id']}` | {c.get('kind', '')} | **{c['verdict']}** | {est} |")
     return "\n".join(lines)
 
 

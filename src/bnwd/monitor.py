@@ -619,25 +619,32 @@ class MomentumStats:
         dev = self.params[0].device
         self.win = torch.zeros(4, dtype=torch.float64, device=dev)  # sum ||b||^2, sum ||g||^2, sum cos, n cos
         self.last = torch.full((len(self.params),), math.nan, dtype=torch.float64, device=dev)
-        self.prev: torch.Tensor | None = None
+        self.prev: list[torch.Tensor] | None = None  # the last step's gradients
+        self.prev_sq = torch.zeros((), dtype=torch.float64, device=dev)
+        # which window sums a step adds to: all four, or at the first step (no g_prev) not the cosine's
+        self._counts = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float64, device=dev)
         self.handle = opt.register_step_post_hook(self._post)
 
     @torch.no_grad()
     def _post(self, opt, args, kwargs) -> None:
+        # A fixed handful of kernels per step, whatever the number of layers, and no host sync:
+        # one foreach norm over gradients, buffers and g - g_prev, and g . g_prev from norms,
+        # (||g||^2 + ||g_prev||^2 - ||g - g_prev||^2) / 2.
         grads = [p.grad for p in self.params]
         bufs = [opt.state.get(p, {}).get("momentum_buffer") for p in self.params]
         if any(x is None for x in grads) or any(x is None for x in bufs):
             return
-        flat = torch.cat([x.reshape(-1) for x in grads]).double()
-        bsq = torch.stack(torch._foreach_norm(bufs)).double().square()
-        gsq = flat.square().sum()
-        self.last.copy_(bsq.sqrt())
-        self.win[0] += bsq.sum()
-        self.win[1] += gsq
-        if self.prev is not None:
-            self.win[2] += (flat @ self.prev) / (gsq.sqrt() * self.prev.norm()).clamp_min(1e-300)
-            self.win[3] += 1
-        self.prev = flat
+        k, first = len(grads), self.prev is None
+        if first:
+            self.prev = [x.detach().clone() for x in grads]
+        diff = torch._foreach_sub(grads, self.prev)
+        norms = torch.stack(torch._foreach_norm([*grads, *bufs, *diff])).double()
+        self.last.copy_(norms[k : 2 * k])
+        g2, b2, d2 = norms.square().view(3, k).sum(1).unbind()
+        cos = (g2 + self.prev_sq - d2) / 2 / (g2 * self.prev_sq).sqrt().clamp_min(1e-300)
+        self.win += torch.stack([b2, g2, cos, torch.ones_like(cos)]) * self._counts[int(first)]
+        torch._foreach_copy_(self.prev, grads)
+        self.prev_sq.copy_(g2)
 
     def sample(self) -> dict[str, float]:
         b, g, c, n = self.win.tolist()
@@ -650,13 +657,21 @@ class MomentumStats:
         return out
 
     def state_dict(self) -> dict:
-        prev = None if self.prev is None else self.prev.cpu()
-        return {"win": self.win.cpu(), "last": self.last.cpu(), "prev": prev}
+        prev = None if self.prev is None else [x.cpu() for x in self.prev]
+        return {"win": self.win.cpu(), "last": self.last.cpu(), "prev": prev, "prev_sq": self.prev_sq.cpu()}
 
     def load_state_dict(self, st: dict) -> None:
         dev = self.win.device
         self.win, self.last = st["win"].to(dev), st["last"].to(dev)
-        self.prev = None if st["prev"] is None else st["prev"].to(dev)
+        self.prev, prev = None, st["prev"]
+        if prev is not None:
+            self.prev = [x.to(dev) for x in prev]
+            for x, p in zip(self.prev, self.params):
+                if x.shape != p.shape:
+                    raise ValueError(
+                        f"MomentumStats state has a gradient of shape {tuple(x.shape)} for {tuple(p.shape)}"
+                    )
+        self.prev_sq = st["prev_sq"].to(dev)
 
     def remove(self) -> None:
         self.handle.remove()
