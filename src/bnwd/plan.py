@@ -309,7 +309,7 @@ class Plan:
         ax1.set_yscale("log")
         ax1.set_ylabel("learning rate")
         ax1.set_title(f"{self.settings['model']}: nominal lr and its weight-decay equivalent", fontsize=10)
-        ax1.legend(fontsize=7)
+        ax1.legend(fontsize=7, loc="upper right")
         ax2.set_yscale("log")
         ax2.set_xlabel("epoch")
         ax2.set_ylabel(f"implied lr multiplier {self._mult_name()}")
@@ -318,7 +318,7 @@ class Plan:
             fontsize=8,
         )
         if self.curves["multiplier"]:
-            ax2.legend(fontsize=7)
+            ax2.legend(fontsize=7, loc="upper left")
         for ax in (ax1, ax2):
             for st in self.stages[1:]:
                 ax.axvline(st["start"] / spe, color="grey", ls=":", lw=0.9)
