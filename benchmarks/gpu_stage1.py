@@ -346,7 +346,7 @@ def _sh(args: list[str], env: dict, log) -> int:
 
 
 def _fetch(out: Path, carry: Path) -> None:
-    """What a session does with a leg's files: copy them into an ignored folder it carries."""
+    """What to do with a leg's files: copy them into an ignored folder that the next call carries."""
     if carry.exists():
         shutil.rmtree(carry)
     carry.mkdir(parents=True)

@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_stage1.sh leg DIR...          # device: data + runs from DIRs, train, write $OUT
 #   bash benchmarks/gpu_stage1.sh --rehearse          # here: the whole sequence on CPU, tiny (~1 min)
 #
-# THE DEVICE CALLS (a session with a GPU; the repo's root; `gpu_stage1/` is git-ignored):
+# THE DEVICE CALLS (with a lent GPU machine; the repo's root; `gpu_stage1/` is git-ignored):
 #   0. here: bash benchmarks/gpu_stage1.sh pack     -> gpu_stage1/send1 (56 MiB), gpu_stage1/send2 (~29 MiB)
 #      (all of CIFAR-10 as 2-D-differenced uint8 arrays + xz, 85 MiB, sha256-checked; see pack_data.py)
 #   1. run(command="bash benchmarks/gpu_stage1.sh chunk gpu_stage1/send1",
@@ -34,8 +34,8 @@
 #
 # BUDGET (15 min of device time, start-up included; an ESTIMATE from docs/gpu, not a measurement):
 #   stage 1 = 19,500 steps x 128 = 2.50 M images per run; both runs at once share the GPU.
-#   per run, img/s measured with runs sharing an H200: 5,000 (call2: four runs, fp32) to 7,500
-#   (call1: four runs, bf16 + channels_last, eager) -> 333-499 s of steps; evaluations with the
+#   per run, img/s measured with runs sharing an H200: 5,000 (docs/gpu/shared_fp32.json: four runs, fp32) to 7,500
+#   (docs/gpu/shared_bf16.json: four runs, bf16 + channels_last, eager) -> 333-499 s of steps; evaluations with the
 #   views (50 x ~4 x 10,000 images + precise batches) ~40 s; per leg and process ~45 s of start-up,
 #   data and compile (compile=auto: CUDA graphs, ~2.4x eager for one run in the bench: never run
 #   end to end in training before this script; it falls back to eager on a compile failure).
@@ -45,8 +45,8 @@
 #   | 2 leg 1 (420 s)  | ~440       | ~300 (420-25-10-45-40)         | 11,700 / 17,600                      |
 #   | 3 leg 2 (<=280s) | ~100-280   | ~200 / ~30                     | 7,800 / 1,900 (done)                 |
 #   | total            | ~700-890 of 900: two legs; one if the compiled step runs at >= ~8,500 img/s per run |
-#   At 5,000 img/s it is borderline: if leg 2 does not finish, the runs come back resumable and a
-#   later session continues them (data again: calls 1 and 2, the carried tars in call 2 too).
+#   At 5,000 img/s it is borderline: if leg 2 does not finish, the runs come back resumable and
+#   more legs continue them (data again: calls 1 and 2, the carried tars in call 2 too).
 #
 # env: OUT (device: set by the tool; here ./gpu_stage1/out), STAGE1_HOME (/tmp/bnwd_stage1: chunks,
 # data, runs on the machine), LEG_S (450), RESERVE_S (25), STAGE1_SET, PY (python).
