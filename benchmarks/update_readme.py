@@ -53,12 +53,11 @@ def results() -> str:
     if m:
         lines += [
             "",
-            "Stage-1 test accuracy (%) of the same weights with four sets of BN statistics (mean over the "
-            "evaluations from epoch 0.5 to the first lr drop):",
+            "Stage-1 test accuracy (%), the same weights with four sets of BN statistics (epoch 0.5 to the lr drop):",
             "",
             m.group(0).rstrip("\n"),
         ]
-    lines += ["", "| claim (worded in the report) | kind | verdict | estimate, 95% CI |", "|---|---|---|---|"]
+    lines += ["", "| claim (see the report) | kind | verdict | estimate, 95% CI |", "|---|---|---|---|"]
 
     def f(x):
         return "∞" if x is None or (isinstance(x, float) and math.isinf(x)) else f"{x:.3g}"

@@ -105,6 +105,7 @@ def rows(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.timeout(300)
 def test_every_variant_writes_every_view(tmp_path, fake_data):
     """With bn_views=all each evaluation of baseline has test_acc/test_loss for own, bn098, comp and
     precise; bn_views=stage1 computes the extra views up to the first lr drop and at the end."""
@@ -119,6 +120,7 @@ def test_every_variant_writes_every_view(tmp_path, fake_data):
     assert len(with_views) < len(ev)
 
 
+@pytest.mark.timeout(300)
 def test_views_do_not_change_training(tmp_path, fake_data):
     """The views only read: training metrics and the own evaluation are identical with views off."""
     T.train(run_cfg(), tmp_path / "on", dataset=fake_data, progress=False)
