@@ -600,7 +600,8 @@ class MomentumStats:
     equilibrium norm does depend on the correlations: E||w||^2 = lr (1 + mu) E||b||^2 / (2 lam),
     so with A = E||b||^2 / E||g||^2 and L = ||g||^2 ||w||^2 it is sqrt(lr A L (1 + mu) / (2 lam)),
     which is `theory.sgd_equilibrium`'s uncorrelated value times sqrt(A (1 - mu^2)) (A = 1 /
-    (1 - mu^2) for uncorrelated gradients; anti-correlated successive gradients make it smaller).
+    (1 - mu^2) for uncorrelated gradients; smaller when their correlations over the momentum's
+    memory are negative on balance).
 
     Per step (a removable step post-hook; reads only) it accumulates over the sample window
     ||b||^2 and ||g||^2 of the group taken as one vector (g: the `.grad` the optimizer was

@@ -339,9 +339,7 @@ def _theory_lines(runs: list[Run]) -> list[str]:
         ]
         corr = all("A" in r for r in rows)
         if corr:
-            lines[-2] = (
-                lines[-2][:-1] + " A = E‖b‖² / E‖g‖² | A (1 − mu²) | sqrt(A (1 − mu²)) | lag-1 gradient cosine |"
-            )
+            lines[-2] = lines[-2] + " A = E‖b‖² / E‖g‖² | A (1 − mu²) | sqrt(A (1 − mu²)) | lag-1 gradient cosine |"
             lines[-1] += "---|---|---|---|"
         for r in rows:
             a, b = r["sqsum"], r["sqsum_eq"]
@@ -356,8 +354,8 @@ def _theory_lines(runs: list[Run]) -> list[str]:
                 "The equilibrium above assumes gradients uncorrelated across steps. At stationarity the SGD-momentum "
                 "recursion gives exactly E‖w‖² = lr (1 + mu) E‖b‖² / (2 wd) (b: the momentum buffer), so the "
                 "equilibrium norm is the uncorrelated value times sqrt(A (1 − mu²)), with A = E‖b‖² / E‖g‖² measured "
-                "(1 / (1 − mu²) for uncorrelated gradients; anti-correlated successive gradients, a negative lag-1 "
-                "cosine, make it smaller). The same recursion makes the measured angular update equal "
+                "(1 / (1 − mu²) for uncorrelated gradients; A (1 − mu²) < 1 means that over the momentum's memory "
+                "the gradients' correlations are negative on balance, whatever the lag-1 cosine). The same recursion makes the measured angular update equal "
                 "sqrt(2 lr wd / (1 + mu)) whatever the correlations: its agreement above checks the implementation, "
                 "the norm ratio is the physics.",
             ]
