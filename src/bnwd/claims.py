@@ -205,16 +205,7 @@ STAGE1_FROM = 0.5  # epochs: the stage-1 window starts past the initial transien
 def _views(r: Run, a: str, b: str, lo: float, hi: float) -> np.ndarray:
     """Per evaluation with lo <= epoch <= hi: test_acc_<a> - test_acc_<b> (own = test_acc), the
     two views of the same weights on the same test images."""
-    ka, kb = ("test_acc" if v == "own" else f"test_acc_{v}" for v in (a, b))
-    ea, va = r.series(ka)
-    eb, vb = r.series(kb)
-    common = sorted(set(np.round(ea, 9)) & set(np.round(eb, 9)))
-    sel = [e for e in common if lo - 1e-9 <= e <= hi + 1e-9]
-    if not sel:
-        raise ValueError(f"{r.variant} seed {r.seed} has no evaluation with both {ka} and {kb} in epochs {lo:g}-{hi:g}")
-    da = dict(zip(np.round(ea, 9), va))
-    db = dict(zip(np.round(eb, 9), vb))
-    return np.array([da[e] - db[e] for e in sel])
+    return _across(r, a, r, b, lo, hi)
 
 
 def _across(ra: Run, va: str, rb: Run, vb: str, lo: float, hi: float) -> np.ndarray:
