@@ -25,7 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 CHILD = """
 import torch, torch.nn as nn
 torch.set_num_threads({threads})
-from bnwd.models import PointwiseConv
+from bnwd.nn.models import PointwiseConv
 conv = PointwiseConv if {bnwd} else nn.Conv2d
 m = nn.Sequential(conv(4, 8, {k}, stride={stride}, padding={pad}, bias=False), nn.BatchNorm2d(8))
 m = m.to(memory_format=torch.channels_last)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import bnwd
-from bnwd.data import augment, load_cifar10, standardize
+from bnwd.run.data import augment, load_cifar10, standardize
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("--data", default=None, help="CIFAR-10 folder (see the README)")

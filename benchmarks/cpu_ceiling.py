@@ -37,8 +37,8 @@ _SRC = Path(__file__).resolve().parents[1] / "src"
 if _SRC.is_dir() and str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))
 
-from bnwd.bench import Setup, cpu_model  # noqa: E402
-from bnwd.models import resnet20  # noqa: E402
+from bnwd.nn.models import resnet20  # noqa: E402
+from bnwd.run.bench import Setup, cpu_model  # noqa: E402
 
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")
 

@@ -85,7 +85,7 @@ say "gpu_check: DRY=$DRY device=$DEV budget ${BUDGET_S}s out=$OUT work=$WORK"
 	"$PY" -c 'import platform, torch; print("python", platform.python_version(), "| torch", torch.__version__,
 "| cuda", torch.version.cuda, "| gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None,
 "| cpu threads", torch.get_num_threads())'
-	"$PY" -c 'import bnwd.train, bnwd.bench; print("bnwd imports ok from", bnwd.__file__)'
+	"$PY" -c 'import bnwd.run.trainer, bnwd.run.bench; print("bnwd imports ok from", bnwd.__file__)'
 	grep -m1 'model name' /proc/cpuinfo
 	nproc
 } >"$OUT/env.txt" 2>&1
@@ -104,7 +104,7 @@ if [[ ! -f $DATA/cifar-10-python.tar.gz ]]; then
 fi
 
 # as many steps as 2 epochs of the article's 50,000 images (10 epochs of a 10,000-image pack), unless EPOCHS is set
-N_DATA=$("$PY" -c "import sys; from bnwd.data import load_cifar10; print(load_cifar10(sys.argv[1], download=False).n_train)" "$DATA" 2>/dev/null || echo 50000)
+N_DATA=$("$PY" -c "import sys; from bnwd.run.data import load_cifar10; print(load_cifar10(sys.argv[1], download=False).n_train)" "$DATA" 2>/dev/null || echo 50000)
 if [[ -z $EPOCHS ]]; then
 	EPOCHS=2
 	[[ $DRY != 1 && $N_DATA -lt 50000 ]] && EPOCHS=$(((100000 + N_DATA - 1) / N_DATA))

@@ -360,7 +360,7 @@ def cmd_rehearse(data: str, keep: bool) -> int:
     log_path = work / "rehearse.log"
     ok = False
     try:
-        from bnwd.data import load_cifar10
+        from bnwd.run.data import load_cifar10
 
         load_cifar10(data, download=False)  # read once (cached in this process for both packs)
         sends = cmd_pack(data, work / "split", chunk_mib=0.45, subset=REHEARSE_SUBSET)

@@ -27,9 +27,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bnwd.models import resnet  # noqa: E402
-from bnwd.monitor import BUFFER, MomentumStats, Monitor  # noqa: E402
-from bnwd.optim import make_optimizer, param_groups  # noqa: E402
+from bnwd.nn.models import resnet  # noqa: E402
+from bnwd.nn.monitor import BUFFER, MomentumStats, Monitor  # noqa: E402
+from bnwd.nn.optim import make_optimizer, param_groups  # noqa: E402
 
 
 def aten_counts(prof) -> tuple[collections.Counter, collections.Counter]:

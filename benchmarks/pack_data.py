@@ -7,7 +7,7 @@
     python benchmarks/pack_data.py synth --out /tmp/fake --n-train 50000 --n-test 10000   # no real data
 
 `pack` without `--subset` splits the archive itself (`cifar-10-python.tar.gz`, byte for byte);
-with `--subset N,M` it reads the data with `bnwd.data.load_cifar10`, keeps a class-balanced
+with `--subset N,M` it reads the data with `bnwd.run.data.load_cifar10`, keeps a class-balanced
 subset of N training and M test images (`Cifar10.subset(N, M, seed)`, as `train_subset=N
 test_subset=M` does) and writes it as a CIFAR-format `cifar-10-python.tar.gz` that
 `load_cifar10` reads. `--compress xz` compresses that payload before splitting (little gain
@@ -83,7 +83,7 @@ def cifar_archive_bytes(train_x, train_y, test_x, test_y, compresslevel: int = 6
     """A CIFAR-10 python-layout tar.gz (5 training batches, test batch, meta) in memory, deterministic."""
     import numpy as np
 
-    from bnwd.data import CLASSES
+    from bnwd.run.data import CLASSES
 
     tx = train_x.reshape(len(train_x), -1).numpy().astype(np.uint8)
     ty = train_y.numpy().astype(np.int64)
@@ -228,7 +228,7 @@ def pack(
     archive = _find_archive(data)
     arrays_sum = source_sum = None
     if compress == "pred-xz":
-        from bnwd.data import load_cifar10
+        from bnwd.run.data import load_cifar10
 
         ds = load_cifar10(data, download=False)
         if subset is not None:
@@ -243,7 +243,7 @@ def pack(
         raw = archive.read_bytes()
         source = str(archive)
     else:
-        from bnwd.data import load_cifar10
+        from bnwd.run.data import load_cifar10
 
         ds = load_cifar10(data, download=False)
         if subset is not None:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from bnwd.config import Config, make_config
-from bnwd.runs import load_checkpoint
-from bnwd.train import Trainer
+from bnwd.run.config import Config, make_config
+from bnwd.run.rundir import load_checkpoint
+from bnwd.run.trainer import Trainer
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ min / median / max img/s of each and the ratio of the medians (bnwd / recipe).
 The standard recipe (as in the PyTorch CIFAR-10 tutorial and kuangliu/pytorch-cifar): a Dataset
 of 32x32x3 uint8 images with per-image transforms RandomCrop(32, padding=4),
 RandomHorizontalFlip(), ToTensor(), Normalize(mean, std); DataLoader(batch_size=128,
-shuffle=True, num_workers=2); the same ResNet-20 (`bnwd.models.resnet20(width=16)`, all convs nn.Conv2d, NCHW);
+shuffle=True, num_workers=2); the same ResNet-20 (`bnwd.nn.models.resnet20(width=16)`, all convs nn.Conv2d, NCHW);
 SGD(lr=0.1, momentum=0.9, weight_decay=2e-4) on all parameters; eager fp32; img/s = images /
 wall time of `--recipe-steps` steps after `--recipe-warmup` (data loading included, as a
 training loop sees it). With torchvision importable its transforms run on PIL images (as its
@@ -20,7 +20,7 @@ bnwd: `python -m bnwd bench --json` (synthetic uint8 data on the device, batched
 the Monitor on), img/s = batch / mean step time of the with-monitor steps (so both sides are
 wall-time throughputs); the median-step figure and the no-monitor one are shown too.
 
-Data: `--data DIR` reads CIFAR-10 with `bnwd.data.load_cifar10` (in memory; torchvision's CIFAR10
+Data: `--data DIR` reads CIFAR-10 with `bnwd.run.data.load_cifar10` (in memory; torchvision's CIFAR10
 would insist on the official md5); without it, 50,000 random uint8 images (throughput only).
 """
 
@@ -133,7 +133,7 @@ def load_images(data: str | None, n: int):
     import numpy as np
 
     if data:
-        from bnwd.data import load_cifar10
+        from bnwd.run.data import load_cifar10
 
         ds = load_cifar10(data, download=False)
         x = ds.train_x.permute(0, 2, 3, 1).contiguous().numpy()
@@ -148,7 +148,7 @@ def run_recipe(args) -> dict:
     import torch.nn as nn
     from torch.utils.data import DataLoader
 
-    from bnwd.models import PointwiseConv, resnet20
+    from bnwd.nn.models import PointwiseConv, resnet20
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -317,7 +317,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from bnwd.bench import cpu_model
+    from bnwd.run.bench import cpu_model
 
     recipe_runs, bnwd_runs = [], []
     for i in range(a.repeats):

@@ -23,8 +23,8 @@ _SRC = Path(__file__).resolve().parents[1] / "src"
 if _SRC.is_dir() and str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))
 
-from bnwd.bench import ARTICLE_SAMPLE_EVERY, Setup, _sync  # noqa: E402
-from bnwd.monitor import Monitor  # noqa: E402
+from bnwd.nn.monitor import Monitor  # noqa: E402
+from bnwd.run.bench import ARTICLE_SAMPLE_EVERY, Setup, _sync  # noqa: E402
 
 
 def profiled(s: Setup, steps: int, monitor: bool) -> tuple[Counter, Counter, int, float]:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from bnwd.config import make_config
-from bnwd.train import Trainer
+from bnwd.run.config import make_config
+from bnwd.run.trainer import Trainer
 
 
 def timed(fn, n: int) -> float:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from fakes import write_fake_cifar
 
-from bnwd.data import load_cifar10
+from bnwd.run.data import load_cifar10
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnwd.data import ARCHIVE_NAME, CLASSES, FOLDER_NAME, IMAGE_VALUES, TEST_FILE, TRAIN_FILES
+from bnwd.run.data import ARCHIVE_NAME, CLASSES, FOLDER_NAME, IMAGE_VALUES, TEST_FILE, TRAIN_FILES
 
 # Fixed class colours (independent of the seed so train and test agree).
 _PALETTE = np.random.default_rng(20180315).integers(30, 226, size=(10, 3))
@@ -129,7 +129,7 @@ def benchmark_script(name: str):
 def die_once(spec, out, data, force=False):
     """A run whose first attempt kills its worker process outright (as the OOM killer or a crash in
     native code would): the marker file makes the second attempt train normally."""
-    from bnwd.sweep import run_spec
+    from bnwd.batch.sweep import run_spec
 
     marker = Path(out) / f"{spec.name}.died"
     if spec.name.endswith("s1") and not marker.exists():

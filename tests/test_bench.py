@@ -38,7 +38,7 @@ def tiny_json(tmp_path_factory, threads_restored):
 
 def test_bench_json_flag_prints_one_json_object_last(tiny_json):
     """With --json the last stdout line is one JSON object with the documented keys."""
-    from bnwd.bench import JSON_KEYS
+    from bnwd.run.bench import JSON_KEYS
 
     rc, out, _, _ = tiny_json
     assert rc == 0
@@ -80,7 +80,7 @@ def test_bench_times_training_layout_on_cpu_by_default(tiny_json):
 
 def tiny_compiled_bench(steps: int, compile_probe_on: bool = False) -> dict:
     """`bnwd bench --compile on` at the smallest sizes (width 4, batch 8, one thread)."""
-    from bnwd.bench import bench
+    from bnwd.run.bench import bench
 
     return bench(
         device="cpu",
@@ -137,7 +137,7 @@ def test_bench_compile_on_times_eager_and_compiled_side_by_side(monkeypatch, cap
 def test_bench_compile_probe_crash_falls_back_to_eager(monkeypatch, capsys, threads_restored):
     """A compiled kernel that kills its process (seen: "double free or corruption" on this CPU)
     kills only the probe child: one line names the signal and the bench goes on eagerly."""
-    import bnwd.bench as B
+    import bnwd.run.bench as B
 
     monkeypatch.setattr(
         B, "_PROBE_CODE", "import os, sys; print('double free or corruption', file=sys.stderr); os.abort()"
@@ -160,7 +160,7 @@ def test_bench_watchdog_names_the_stuck_configuration(capsys):
     """A configuration that outlives the watchdog gets one line on stderr naming it."""
     import time
 
-    from bnwd.bench import Watchdog
+    from bnwd.run.bench import Watchdog
 
     with Watchdog("channels_last", 0.05, "hint text"):
         time.sleep(0.3)
@@ -177,7 +177,7 @@ def pack_mod():
 
 def test_pack_unpack_round_trip_whole_archive(tmp_path, fake_data_dir, pack_mod):
     """An archive packed into small chunks unpacks byte for byte, and bnwd reads the result."""
-    from bnwd.data import load_cifar10
+    from bnwd.run.data import load_cifar10
 
     src = fake_data_dir / "cifar-10-python.tar.gz"
     m = pack_mod.pack(fake_data_dir, tmp_path / "p", chunk_mib=0.25)  # the 1.5 MB archive in 256 KiB chunks
@@ -192,7 +192,7 @@ def test_pack_subset_is_class_balanced_and_readable(tmp_path, fake_data_dir, pac
     """--subset N,M packs the class-balanced subset bnwd would train on, as a readable archive (xz-compressed)."""
     import torch
 
-    from bnwd.data import load_cifar10
+    from bnwd.run.data import load_cifar10
 
     assert (
         pack_mod.main(
@@ -233,7 +233,7 @@ def test_synth_writes_a_readable_balanced_archive(tmp_path, pack_mod):
     """`pack_data.py synth` (the GPU check's fallback) writes a CIFAR-format archive bnwd reads."""
     import torch
 
-    from bnwd.data import load_cifar10
+    from bnwd.run.data import load_cifar10
 
     pack_mod.write_synthetic(tmp_path, n_train=30, n_test=10)
     d = load_cifar10(tmp_path, download=False)

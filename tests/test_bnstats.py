@@ -1,14 +1,14 @@
-"""Views of the BN statistics (`bnwd.bnstats`): own, bn098, comp, precise."""
+"""Views of the BN statistics (`bnwd.nn.bnstats`): own, bn098, comp, precise."""
 
 import json
 
 import pytest
 import torch
 
-from bnwd import train as T
-from bnwd.bnstats import ShadowBNStats, precise_stats
-from bnwd.config import make_config
-from bnwd.models import resnet
+from bnwd.nn.bnstats import ShadowBNStats, precise_stats
+from bnwd.nn.models import resnet
+from bnwd.run import trainer as T
+from bnwd.run.config import make_config
 
 SMALL = {"epochs": 2.0, "lr_milestones": [1.0, 1.5], "train_subset": 0, "test_subset": 0}
 

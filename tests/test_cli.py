@@ -8,13 +8,13 @@ import dataclasses
 import pytest
 import torch
 
-import bnwd.data as D
-import bnwd.experiments as E
-import bnwd.sweep as S
-import bnwd.train as T
+import bnwd.batch.reproduce as E
+import bnwd.batch.sweep as S
+import bnwd.run.data as D
+import bnwd.run.trainer as T
 from bnwd.cli import build_parser, main
-from bnwd.config import HELP, PRESETS, Config, make_config
 from bnwd.errors import ConfigError, DataError
+from bnwd.run.config import HELP, PRESETS, Config, make_config
 
 
 def _one_line(capsys) -> str:
@@ -137,8 +137,8 @@ def test_audit_bad_input_is_one_line(args, capsys):
 
 
 def test_audit_library_refuses_negative_weight_decay():
-    from bnwd.invariance import audit
-    from bnwd.models import resnet
+    from bnwd.nn.invariance import audit
+    from bnwd.nn.models import resnet
 
     with pytest.raises(ConfigError, match="weight decay must be >= 0"):
         audit(resnet(8, width=2), torch.randn(2, 3, 8, 8), -1.0)

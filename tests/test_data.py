@@ -1,4 +1,4 @@
-"""Tests of bnwd.data on tiny generated archives (never the real CIFAR-10)."""
+"""Tests of bnwd.run.data on tiny generated archives (never the real CIFAR-10)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import torch
 from fakes import fake_batch, fake_members, write_fake_cifar, write_fake_cifar_folder
 
-from bnwd import data as D
 from bnwd.errors import DataError
+from bnwd.run import data as D
 
 # --------------------------------------------------------------------------- helpers
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bnwd import invariance, theory
 from bnwd.errors import ConfigError
-from bnwd.exact import WeightDecayAsLR, decay_scales, following_norms, weight_decay_as_lr
-from bnwd.models import resnet
-from bnwd.monitor import Monitor
-from bnwd.optim import param_groups
+from bnwd.nn import invariance, theory
+from bnwd.nn.exact import WeightDecayAsLR, decay_scales, following_norms, weight_decay_as_lr
+from bnwd.nn.models import resnet
+from bnwd.nn.monitor import Monitor
+from bnwd.nn.optim import param_groups
 
 STEPS, DROP, LR, MU, WD = 300, 150, 0.1, 0.9, 5e-3
 

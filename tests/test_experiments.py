@@ -8,9 +8,9 @@ import pytest
 
 matplotlib.use("Agg")
 
+from bnwd.analysis.plots import figures, load_runs
 from bnwd.cli import main
 from bnwd.errors import ConfigError
-from bnwd.plots import figures, load_runs
 
 
 @pytest.mark.timeout(600)
@@ -99,8 +99,8 @@ def test_plot_rejects_non_run(tmp_path, capsys):
 
 def test_adamw_runs(tmp_path, fake_data):
     """optimizer=adamw trains the lr_scaled variant (conv lr scaled by sqrt(S/S_ref): eff lr ~ lr/||w||)."""
-    from bnwd.config import make_config
-    from bnwd.train import train
+    from bnwd.run.config import make_config
+    from bnwd.run.trainer import train
 
     base = tmp_path / "b"
     kw = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "train_subset": 0, "test_subset": 0}
@@ -118,7 +118,7 @@ def test_adamw_runs(tmp_path, fake_data):
 def test_reproduce_jobs_equal_serial(tmp_path, fake_data_dir):
     """`--jobs 2` trains two runs at a time (two seeds, one wave) in separate processes; with the same thread count the
     metrics equal a serial reproduce's, line for line."""
-    from bnwd.experiments import reproduce
+    from bnwd.batch.reproduce import reproduce
 
     kw = dict(data=str(fake_data_dir), progress=False, seed_list="0,1", variants=["baseline", "no_conv_l2"])
     ov = {"train_subset": 0, "test_subset": 0, "threads": 1, "epochs": 1.0, "lr_milestones": [0.5, 0.75]}
@@ -134,7 +134,7 @@ def test_finished_runs_take_no_place_in_a_wave(tmp_path, fake_data_dir):
     """A second reproduce with one more seed keeps seed 0's finished runs outside the pool: with
     jobs=2 (two waves) the new lr_scaled-s1 is then the only run of the second wave and gets every
     thread (threads 0, torch's default), not half of them beside a run that is already done."""
-    from bnwd.experiments import reproduce
+    from bnwd.batch.reproduce import reproduce
 
     kw = dict(data=str(fake_data_dir), progress=False, jobs=2, out=str(tmp_path))
     ov = {"train_subset": 0, "test_subset": 0, "epochs": 1.0, "lr_milestones": [0.5, 0.75], "bn098_view": False}
@@ -149,7 +149,7 @@ def test_finished_runs_take_no_place_in_a_wave(tmp_path, fake_data_dir):
 def test_waves_put_lr_scaled_after_every_baseline_it_reads():
     """lr_scaling=reference: lr_scaled reads its seed's baseline, so without `follow` it waits in a
     second wave; without a reference every run can start at once."""
-    from bnwd.experiments import follows, plan_waves
+    from bnwd.batch.reproduce import follows, plan_waves
 
     runs = ["baseline", "no_conv_l2", "lr_scaled"]
     assert plan_waves([0, 1], runs, reads_baseline=True) == [
@@ -168,7 +168,7 @@ def test_waves_put_lr_scaled_after_every_baseline_it_reads():
 def test_jobs_auto_is_one_run_per_core_within_memory(monkeypatch):
     """--jobs auto on CPU: min(usable cores, free memory / RUN_MEMORY_GB), at least 1; a number is
     taken as it is; anything else is refused in one line."""
-    from bnwd import sweep
+    from bnwd.batch import sweep
 
     monkeypatch.setattr(sweep, "usable_cores", lambda: 16)
     monkeypatch.setattr(sweep, "_free_memory_gb", lambda: 7.0)

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from bnwd import train as T
-from bnwd.bnstats import ShadowBNStats
-from bnwd.config import PRESET_VALUES, bn098_momentum, make_config, resolved
+from bnwd.batch.reproduce import reproduce, resolve_seeds
+from bnwd.batch.sweep import usable_cores
 from bnwd.errors import BnwdError, ConfigError
-from bnwd.experiments import reproduce, resolve_seeds
-from bnwd.optim import article_epoch, article_piecewise
-from bnwd.sweep import usable_cores
-from bnwd.theory import ARTICLE_CONFIG, dimensionless
+from bnwd.nn.bnstats import ShadowBNStats
+from bnwd.nn.optim import article_epoch, article_piecewise
+from bnwd.nn.theory import ARTICLE_CONFIG, dimensionless
+from bnwd.run import trainer as T
+from bnwd.run.config import PRESET_VALUES, bn098_momentum, make_config, resolved
 
 SMALL = {"epochs": 2.0, "lr_milestones": [1.0, 1.5], "train_subset": 0, "test_subset": 0}
 
@@ -181,7 +181,7 @@ def test_conv_l2_is_a_clock_and_bn_dense_l2_a_regularizer(tmp_path, fake_data):
 def test_bn098_view_equals_a_separate_bn098_run(tmp_path, fake_data):
     """One lr_scaled training with a second set of BN statistics at the 0.98-equivalent momentum gives
     the same metrics as training lr_scaled_bn098 separately with the same seed."""
-    from bnwd.runs import write_bn098_view
+    from bnwd.analysis.runs import write_bn098_view
 
     c = {"lr_scaling": "article", "eval_every": 0.25}
     T.train(cfg(variant="lr_scaled", **c), tmp_path / "s", dataset=fake_data, progress=False)
@@ -382,7 +382,7 @@ def test_a_stop_while_waiting_for_the_reference_checkpoints_a_whole_step(tmp_pat
     waits before (no half step: the wait comes before the forward pass), with a checkpoint there."""
     import threading
 
-    from bnwd.runs import load_checkpoint
+    from bnwd.run.rundir import load_checkpoint
 
     run = tmp_path / "baseline-s0"
     fake_baseline(run, ROWS[:2])  # rows up to epoch 0.5

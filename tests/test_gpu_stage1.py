@@ -37,7 +37,7 @@ def test_pred_xz_is_exact():
 def test_pred_xz_pack_unpack_and_damage(tmp_path):
     """pack --compress pred-xz -> chunks; unpack rebuilds an archive load_cifar10 reads as the same
     data; a damaged chunk is named and nothing is written."""
-    from bnwd.data import load_cifar10
+    from bnwd.run.data import load_cifar10
 
     src = tmp_path / "src"
     write_fake_cifar(src, n_train=120, n_test=40, seed=3)
@@ -86,9 +86,9 @@ def test_rehearsal_split_equals_unsplit(tmp_path):
 def test_stop_at_step_and_after_then_resume_equals_one_go(tmp_path, fake_data, one_thread):
     """`bnwd train --stop-at-step N` checkpoints at N and exits 130; --resume continues to the end,
     with the same metrics as one go (the legs' mechanism, in-process)."""
-    from bnwd import train as T
-    from bnwd.config import make_config
-    from bnwd.train import Interrupted
+    from bnwd.run import trainer as T
+    from bnwd.run.config import make_config
+    from bnwd.run.trainer import Interrupted
 
     ov = {"epochs": 1.0, "lr_milestones": [0.5, 0.75], "train_subset": 0, "test_subset": 64, "sample_every": 0.5}
     cfg = make_config("smoke", ov)  # 6 steps of 64 images

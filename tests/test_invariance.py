@@ -1,11 +1,11 @@
-"""Numerical scale-invariance detection: what is true, case by case (see bnwd.invariance)."""
+"""Numerical scale-invariance detection: what is true, case by case (see bnwd.nn.invariance)."""
 
 import pytest
 import torch
 import torch.nn as nn
 
 from bnwd.errors import ConfigError
-from bnwd.invariance import (
+from bnwd.nn.invariance import (
     InvarianceResult,
     audit,
     find_scale_invariant,
@@ -14,7 +14,7 @@ from bnwd.invariance import (
     joint_invariance,
     load_factory,
 )
-from bnwd.models import resnet20
+from bnwd.nn.models import resnet20
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,13 +166,13 @@ def test_load_factory():
     assert load_factory("resnet20")().fc.in_features == 64
     assert sum(isinstance(x, nn.Conv2d) for x in load_factory("resnet8")().modules()) == 10
     assert isinstance(load_factory("torch.nn:Identity")(), nn.Identity)
-    assert isinstance(load_factory("bnwd.models:resnet20")(), nn.Module)
+    assert isinstance(load_factory("bnwd.nn.models:resnet20")(), nn.Module)
     for bad, msg in [
         ("nosuchmodel", "unknown model"),
         ("resnet21", "6n\\+2"),
         ("no_such_pkg.mod:f", "cannot import"),
-        ("bnwd.models:nope", "no attribute"),
-        ("bnwd.models:", "must look like"),
+        ("bnwd.nn.models:nope", "no attribute"),
+        ("bnwd.nn.models:", "must look like"),
     ]:
         with pytest.raises(ConfigError, match=msg):
             load_factory(bad)

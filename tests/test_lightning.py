@@ -22,8 +22,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
 
 from bnwd.integrations.lightning import BnwdMonitor  # noqa: E402
-from bnwd.monitor import Monitor  # noqa: E402
-from bnwd.optim import param_groups  # noqa: E402
+from bnwd.nn.monitor import Monitor  # noqa: E402
+from bnwd.nn.optim import param_groups  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
@@ -284,10 +284,10 @@ class StepModule(Module):
 
 
 def test_audit_comes_with_the_plan(caplog):
-    """audit=True also plans the fit (bnwd.plan): per group of the trainer's optimizer, from its
+    """audit=True also plans the fit (bnwd.nn.plan): per group of the trainer's optimizer, from its
     LR scheduler (read from a copy) and max_steps: the conv kernel is a clock with theory's delta
     and tau per lr stage, the multiplier is implied_multiplier's; the table is printed."""
-    from bnwd.plan import implied_multiplier
+    from bnwd.nn.plan import implied_multiplier
 
     with caplog.at_level(logging.INFO):
         trainer = fit(StepModule(make_net()), 12, [cb := BnwdMonitor(sample_every=4, audit=True)], [MemLogger()])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bnwd.models import conv_sqsum, resnet, resnet20
+from bnwd.nn.models import conv_sqsum, resnet, resnet20
 
 
 def test_resnet20_structure():
@@ -65,7 +65,7 @@ def test_output_invariant_to_conv_scale_train_mode():
 @pytest.mark.parametrize("depth,width", [(8, 4), (20, 8), (20, 16), (32, 16)])
 def test_conv_numels_without_a_model(depth, width):
     """`conv_numels` gives every conv kernel's size by name, as the built model has them."""
-    from bnwd.models import conv_numels, resnet
+    from bnwd.nn.models import conv_numels, resnet
 
     m = resnet(depth, width=width)
     assert conv_numels(depth, width) == {n: p.numel() for n, p in m.named_parameters() if p.dim() == 4}
@@ -75,7 +75,7 @@ def test_conv_numels_without_a_model(depth, width):
 def test_pointwise_conv_equals_strided_conv(fmt):
     """A 1x1 conv at stride 2 is the same conv at stride 1 on x[:, :, ::2, ::2]: PointwiseConv's
     output and its gradients (input and weight) equal nn.Conv2d's, in both layouts."""
-    from bnwd.models import PointwiseConv
+    from bnwd.nn.models import PointwiseConv
 
     torch.manual_seed(0)
     a = PointwiseConv(8, 16, 1, stride=2, bias=False).to(memory_format=fmt)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bnwd.monitor import Monitor
+from bnwd.nn.monitor import Monitor
 
 
 class Tiny(nn.Module):
@@ -388,7 +388,7 @@ def test_momentum_stats_against_an_oracle_and_the_uncorrelated_limit():
     """MomentumStats: A = sum ||b||^2 / sum ||g||^2 over the window and the mean lag-1 gradient
     cosine equal a hand computation from the optimizer's buffers; for i.i.d. gradients (no decay)
     b = sum_k mu^k g_(t-k), so A -> 1 / (1 - mu^2) (5.26 at mu = 0.9) and the cosine -> 0."""
-    from bnwd.monitor import MomentumStats
+    from bnwd.nn.monitor import MomentumStats
 
     torch.manual_seed(0)
     w = [torch.nn.Parameter(torch.zeros(40, 25)), torch.nn.Parameter(torch.zeros(40))]

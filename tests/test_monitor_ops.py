@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from fakes import benchmark_script
 
-from bnwd.models import resnet
-from bnwd.monitor import Monitor
-from bnwd.optim import make_optimizer, param_groups
+from bnwd.nn.models import resnet
+from bnwd.nn.monitor import Monitor
+from bnwd.nn.optim import make_optimizer, param_groups
 
 ops = benchmark_script("monitor_ops")
 

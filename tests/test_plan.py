@@ -15,13 +15,13 @@ import torch.nn as nn
 import tvlike
 from test_exact import BATCHES, LR, MU, WD, XS, logits, net
 
-from bnwd import theory
 from bnwd.cli import main
 from bnwd.errors import ConfigError
-from bnwd.exact import decay_scales
-from bnwd.models import resnet20
-from bnwd.optim import param_groups
-from bnwd.plan import clock_stats, implied_multiplier, lrs_from_torch, plan, plan_optimizer, schedule_lrs
+from bnwd.nn import theory
+from bnwd.nn.exact import decay_scales
+from bnwd.nn.models import resnet20
+from bnwd.nn.optim import param_groups
+from bnwd.nn.plan import clock_stats, implied_multiplier, lrs_from_torch, plan, plan_optimizer, schedule_lrs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SRC = Path(__file__).resolve().parents[1] / "src"

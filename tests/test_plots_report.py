@@ -8,9 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from bnwd.claims import evaluate, one_sample, seeds_needed, welch
-from bnwd.errors import BnwdError
-from bnwd.plots import (
+from bnwd.analysis.claims import evaluate, one_sample, seeds_needed, welch
+from bnwd.analysis.plots import (
     FIGURES,
     aggregate,
     by_variant,
@@ -22,7 +21,8 @@ from bnwd.plots import (
     plot_rel_step,
     plot_test_acc,
 )
-from bnwd.report import summarize, theory_by_stage, write_report, write_summary
+from bnwd.analysis.report import summarize, theory_by_stage, write_report, write_summary
+from bnwd.errors import BnwdError
 
 VARIANTS = ["baseline", "no_conv_l2", "lr_scaled", "lr_scaled_bn098", "lr_exact"]
 LAYERS = ["conv1", "layer1.0.conv1"]
@@ -440,7 +440,7 @@ def test_paired_claim_matches_scipy_ttest_rel(tmp_path):
     runs = make_runs(tmp_path, GOOD, seeds=(0, 1, 2, 3), noise=0.01)
     c = next(c for c in evaluate(runs) if c["id"] == "no_conv_l2_accuracy_cost")
     by = {(r.variant, r.seed): r for r in runs}
-    from bnwd.claims import final_acc
+    from bnwd.analysis.claims import final_acc
 
     a = [final_acc(by["baseline", s]) for s in range(4)]
     b = [final_acc(by["no_conv_l2", s]) for s in range(4)]
@@ -499,7 +499,7 @@ def test_equilibrium_sqsum_from_measured_gradient_scale(tmp_path):
     """SGD+L2: per layer ||w*||^2 = sqrt(L lr / (wd (1 - mu) (2 - wd lr / (1 + mu)))), L the logged
     grad_sq_unit_ema; the conv sum adds the layers. A run without those metrics, or not a baseline,
     gets no line."""
-    from bnwd.plots import Run, equilibrium_sqsum
+    from bnwd.analysis.plots import Run, equilibrium_sqsum
 
     cfg = {"variant": "baseline", "weight_decay": 5e-3, "momentum": 0.9, "optimizer": "sgd"}
     rows = [
@@ -533,8 +533,8 @@ def test_equilibrium_sqsum_from_measured_gradient_scale(tmp_path):
 def test_equilibrium_sqsum_adamw_needs_no_gradient_scale(tmp_path):
     """AdamW: ||w*||^2 = lr dim / (2 wd) per layer, dims from the config's network (ResNet-8
     width 4 here): the sum over conv kernels is lr * (number of conv weights) / (2 wd)."""
-    from bnwd.models import resnet
-    from bnwd.plots import Run, equilibrium_sqsum
+    from bnwd.analysis.plots import Run, equilibrium_sqsum
+    from bnwd.nn.models import resnet
 
     cfg = {"variant": "baseline", "weight_decay": 0.05, "momentum": 0.9, "optimizer": "adamw", "depth": 8, "width": 4}
     n = sum(p.numel() for p in resnet(8, width=4).parameters() if p.dim() == 4)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bnwd.errors import ConfigError
-from bnwd.theory import adamw_equilibrium, predicted_curves, sgd_equilibrium
+from bnwd.nn.theory import adamw_equilibrium, predicted_curves, sgd_equilibrium
 
 
 def test_design_number_and_fields():

@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 
-from bnwd import train as T
 from bnwd.cli import main
-from bnwd.config import make_config
 from bnwd.errors import BnwdError, CheckpointError, ConfigError, DivergenceError
+from bnwd.run import trainer as T
+from bnwd.run.config import make_config
 
 SMALL = {"epochs": 2.0, "lr_milestones": [1.0, 1.5], "train_subset": 0, "test_subset": 0}
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import BnwdError, ConfigError, one_line
+from bnwd.errors import BnwdError, ConfigError, one_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +41,7 @@ PRESET_RULE = "default: blog when torch sees a CUDA GPU, cpu otherwise"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import PRESETS, VARIANTS
+    from bnwd.run.config import PRESETS, VARIANTS
 
     p = _Parser(
         prog="bnwd",
@@ -193,10 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from .config import make_config, parse_overrides
-    from .data import load_cifar10
-    from .experiments import default_preset
-    from .train import pick_device, train
+    from bnwd.batch.reproduce import default_preset
+    from bnwd.run.config import make_config, parse_overrides
+    from bnwd.run.data import load_cifar10
+    from bnwd.run.trainer import pick_device, train
 
     ov = parse_overrides(args.overrides)
     kw = {"variant": args.variant, "seed": args.seed}
@@ -224,8 +224,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .config import parse_overrides
-    from .experiments import reproduce
+    from bnwd.batch.reproduce import reproduce
+    from bnwd.run.config import parse_overrides
 
     ov = parse_overrides(args.overrides)
     if args.device:
@@ -254,8 +254,8 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .config import parse_overrides
-    from .sweep import replot, sweep
+    from bnwd.batch.sweep import replot, sweep
+    from bnwd.run.config import parse_overrides
 
     if args.plot:
         res = replot(args.plot)
@@ -297,7 +297,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .experiments import find_runs, write_outputs
+    from bnwd.batch.reproduce import find_runs, write_outputs
 
     runs = find_runs([Path(r) for r in args.runs])
     res = write_outputs(runs, Path(args.out))
@@ -308,7 +308,7 @@ def cmd_plot(args) -> int:
 def cmd_audit(args) -> int:
     import torch
 
-    from .invariance import audit, format_audit, load_factory
+    from bnwd.nn.invariance import audit, format_audit, load_factory
 
     try:
         shape = tuple(int(s) for s in args.input_shape.split(","))
@@ -396,9 +396,9 @@ def _float(text: str, what: str) -> float:
 def cmd_plan(args) -> int:
     import torch
 
-    from .errors import one_line
-    from .invariance import find_scale_invariant, load_factory
-    from .plan import plan
+    from bnwd.errors import one_line
+    from bnwd.nn.invariance import find_scale_invariant, load_factory
+    from bnwd.nn.plan import plan
 
     lr, momentum = _float(args.lr, "--lr"), _float(args.momentum, "--momentum")
     betas = tuple(_floats(args.betas, "--betas"))
@@ -449,7 +449,7 @@ def cmd_plan(args) -> int:
     if kw["grad_scale"] is not None and not kw["grad_scale"] >= 0:
         raise ConfigError(f"--grad-scale must be >= 0, got {args.grad_scale!r}")
     # everything that is not the model is checked before the (slow) invariance test
-    from .plan import check_optimizer, schedule_lrs
+    from bnwd.nn.plan import check_optimizer, schedule_lrs
 
     check_optimizer(args.optimizer, momentum, betas, wd)
     schedule_lrs(
@@ -488,7 +488,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from .config import PRESETS, describe, format_value
+    from bnwd.run.config import PRESETS, describe, format_value
 
     if args.preset is not None and args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -504,7 +504,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench
+    from bnwd.run.bench import bench
 
     bench(
         device=args.device,

@@ -46,7 +46,7 @@ What it does, and when:
   ``"regularizer"`` for the others with weight_decay > 0; ``"none"`` without weight decay). The
   table is printed on rank 0 (``verbose``). The audit works on a float64 copy and does not touch
   the model or the RNG streams, so training is unchanged. With the audit comes the plan
-  (`bnwd.plan.plan_optimizer`, `docs/plan.md`): ``callback.plan`` has, per parameter group of
+  (`bnwd.nn.plan.plan_optimizer`, `docs/plan.md`): ``callback.plan`` has, per parameter group of
   the monitored optimizer (SGD or AdamW), the clock's equilibrium angular update and relaxation
   time per lr stage and the lr multiplier its weight decay implies, over the steps left
   (``trainer.estimated_stepping_batches`` minus ``global_step``, lrs read from a copy of the
@@ -76,8 +76,8 @@ from typing import Any
 
 import torch
 
-from ..invariance import audit, format_audit
-from ..monitor import LAYERS, Monitor
+from bnwd.nn.invariance import audit, format_audit
+from bnwd.nn.monitor import LAYERS, Monitor
 
 _HINT = "bnwd.integrations.lightning needs Lightning (lightning or pytorch_lightning): pip install 'bnwd[lightning]'"
 
@@ -174,7 +174,7 @@ class BnwdMonitor(Callback):
         self.last_sample: dict[str, float] | None = None
         self.scale_invariant: dict[str, bool] | None = None
         self.audit_rows: list[dict] | None = None
-        self.plan = None  # bnwd.plan.Plan, with audit=True
+        self.plan = None  # bnwd.nn.plan.Plan, with audit=True
         self.plan_note: str | None = None
         self._handle = None  # our post-step hook, registered before the Monitor's
         self._last_logged = 0  # Monitor step count at the last sample (or at attach)
@@ -295,8 +295,8 @@ class BnwdMonitor(Callback):
 
     def _run_plan(self, trainer, pl_module) -> None:
         """The plan of the monitored optimizer over the remaining steps (see the module docstring)."""
-        from ..errors import BnwdError
-        from ..plan import plan_optimizer
+        from bnwd.errors import BnwdError
+        from bnwd.nn.plan import plan_optimizer
 
         opt = trainer.optimizers[self.optimizer_index]
         total = trainer.estimated_stepping_batches

@@ -23,14 +23,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import config as C
-from .bnstats import ShadowBNStats, precise_stats
-from .data import Cifar10, TrainLoader, load_cifar10, test_batches
-from .errors import BnwdError, CheckpointError, ConfigError, DivergenceError, one_line
-from .models import resnet
-from .monitor import MomentumStats, Monitor
-from .optim import article_epoch, article_piecewise, lr_factor, make_optimizer, param_groups, step_lr
-from .runs import (
+from bnwd.errors import BnwdError, CheckpointError, ConfigError, DivergenceError, one_line
+from bnwd.nn.bnstats import ShadowBNStats, precise_stats
+from bnwd.nn.models import resnet
+from bnwd.nn.monitor import MomentumStats, Monitor
+from bnwd.nn.optim import article_epoch, article_piecewise, lr_factor, make_optimizer, param_groups, step_lr
+from bnwd.run import config as C
+from bnwd.run.data import Cifar10, TrainLoader, load_cifar10, test_batches
+from bnwd.run.rundir import (
     CKPT,
     CONFIG,
     FAILED,
@@ -242,7 +242,7 @@ class Trainer:
         self.wrapper = None
         scaling = self.res["conv_lr_scaling"]
         if scaling == "exact":
-            from .exact import WeightDecayAsLR
+            from bnwd.nn.exact import WeightDecayAsLR
 
             # The baseline's conv L2 goes into the group, then the wrapper turns it into an lr schedule.
             self.conv["weight_decay"] = cfg.conv_weight_decay

@@ -45,11 +45,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data import augment, standardize
-from .errors import ConfigError, one_line
-from .models import resnet20
-from .optim import make_optimizer, param_groups
-from .runs import peak_rss_mb
+from bnwd.errors import ConfigError, one_line
+from bnwd.nn.models import resnet20
+from bnwd.nn.optim import make_optimizer, param_groups
+from bnwd.run.data import augment, standardize
+from bnwd.run.rundir import peak_rss_mb
 
 LAYOUTS = ("channels_last", "plain")
 COMPILE = ("auto", "on", "off")
@@ -184,7 +184,7 @@ class Setup:
 def warm_up(s: Setup, warmup: int = 3, sample_every: int = ARTICLE_SAMPLE_EVERY) -> float:
     """`warmup` untimed steps (the last one with a Monitor); returns the first step's seconds
     (allocations; for a compiled model, the compilation of the forward and backward graphs)."""
-    from .monitor import Monitor
+    from bnwd.nn.monitor import Monitor
 
     s.model.train()
     _sync(s.device)
@@ -211,7 +211,7 @@ def time_train(
     training), means, the optimizer-step medians (hooks included when on), the median of the
     paired per-round ratios with/without, `sample()` and the per-round block means.
     """
-    from .monitor import Monitor
+    from bnwd.nn.monitor import Monitor
 
     dev = setups[0].device
     cuda = dev.type == "cuda"
@@ -303,7 +303,7 @@ def time_eval(setups: list[Setup], batches: int) -> list[dict[str, float]]:
     return [{"batch": median(x), "first": f} for x, f in zip(ts, firsts)]
 
 
-_PROBE_CODE = "import json, sys; from bnwd.bench import _probe_main; _probe_main(json.loads(sys.argv[1]))"
+_PROBE_CODE = "import json, sys; from bnwd.run.bench import _probe_main; _probe_main(json.loads(sys.argv[1]))"
 
 
 def _probe_main(cfg: dict) -> None:
@@ -416,7 +416,7 @@ def bench(
     when compiling is on and worked); every configuration's are under ``configs``. With
     `compile_probe_on` the model is first compiled and run in a child process (`compile_probe`).
     """
-    from .train import pick_device
+    from bnwd.run.trainer import pick_device
 
     if compile not in COMPILE:
         raise ConfigError(f"--compile must be one of {', '.join(COMPILE)}, got {compile!r}")

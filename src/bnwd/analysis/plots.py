@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BnwdError
-from .runs import Curve, Run, aggregate, by_variant, load_run, load_runs, mean_std  # noqa: F401 (re-exported)
+from bnwd.analysis.runs import Curve, Run, aggregate, by_variant, load_run, load_runs, mean_std  # noqa: F401 (re-exported)
+from bnwd.errors import BnwdError
 
 # Variant -> (color, line style). Baseline orange and no_conv_l2 blue as in the article.
 COLORS = {
@@ -190,7 +190,7 @@ def equilibrium_angular_update(lr, cfg: dict) -> np.ndarray | None:
     lr = np.atleast_1d(np.asarray(lr, dtype=float))
     if lam <= 0 or opt not in ("sgd", "adamw") or not 0 <= mu < 1:
         return None
-    from . import theory
+    from bnwd.nn import theory
 
     fn = theory.sgd_equilibrium if opt == "sgd" else theory.adamw_equilibrium
     return np.array([fn(float(x), lam, mu)["angular_update"] if x > 0 else 0.0 for x in lr])
@@ -245,7 +245,7 @@ _GSQ = "grad_sq_unit_ema/conv/"
 
 
 def _conv_dims(cfg: dict) -> dict[str, int]:
-    from .models import conv_numels
+    from bnwd.nn.models import conv_numels
 
     return conv_numels(int(cfg.get("depth", 20)), int(cfg.get("width", 16)))
 
@@ -259,7 +259,7 @@ def equilibrium_sqsum(run: Run) -> np.ndarray | None:
     AdamW: ||w*||^2 = lr dim / (2 wd) (no gradient scale needed). None when the run has no
     conv weight decay, another optimizer, or (SGD) no `grad_sq_unit` metrics.
     """
-    from . import theory
+    from bnwd.nn import theory
 
     cfg = run.config
     lam, mu, opt = (
@@ -400,7 +400,7 @@ def plot_exact(runs: list[Run]):
 def _article_curve(cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     """The article's fit of the baseline's S(t)/S(0), i.e. 1 / p(epoch), its three 50-epoch lr
     stages mapped onto the run's stages one by one (`optim.article_epoch`)."""
-    from .optim import article_epoch, article_piecewise
+    from bnwd.nn.optim import article_epoch, article_piecewise
 
     E = float(cfg.get("epochs") or ARTICLE_EPOCHS)
     ms = cfg.get("lr_milestones") or [50.0, 100.0]

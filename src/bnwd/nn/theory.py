@@ -38,8 +38,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .config import Config
-from .errors import ConfigError
+from bnwd.errors import ConfigError
+from bnwd.run.config import Config
 
 
 def _check(lr: float, weight_decay: float, momentum: float, name: str = "momentum") -> None:
@@ -172,7 +172,7 @@ def dimensionless(cfg: dict) -> dict:
                        stage 1 (rad); a preset with fewer steps per stage cannot keep it
       n_test           test images
     """
-    from .config import bn098_momentum
+    from bnwd.run.config import bn098_momentum
 
     spe = float(cfg["steps_per_epoch"])
     E, ms = float(cfg["epochs"]), sorted(float(m) for m in cfg["lr_milestones"])

@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
-from .errors import ConfigError
+from bnwd.errors import ConfigError
 
 # Normalization layers whose output is invariant to a positive scaling of their input
 # (up to eps): every one of them has an `eps`; only BatchNorm-like ones keep running stats.
@@ -172,7 +172,7 @@ def following_norms(model: nn.Module, params: Iterable[torch.Tensor]) -> dict[in
     Fallback when the model cannot be traced (data-dependent control flow): the first norm
     layer after the owning module in `named_modules()` registration order whose
     `num_features` equals the module's `out_channels`/`out_features`. This is right for
-    models that register each conv just before its BN (bnwd.models, simple Sequentials) and
+    models that register each conv just before its BN (bnwd.nn.models, simple Sequentials) and
     wrong for models that register modules in another order than they use them.
     """
     owners: dict[int, tuple[str, nn.Module]] = {}

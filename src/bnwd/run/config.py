@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from bnwd.errors import ConfigError
 
 VARIANTS = ("baseline", "no_conv_l2", "lr_scaled", "lr_scaled_bn098", "lr_exact")
 ARTICLE_VARIANTS = VARIANTS[:4]

@@ -6,7 +6,7 @@ count, the plan answers without data:
 - which parameters' L2 is a *clock* (scale-invariant: a conv followed by BN; L2 only sets
   ||w||, hence the effective lr ~ lr/||w||^2) and which a *regularizer* (not scale-invariant:
   BN gamma/beta feeding a ReLU, the head, a conv without BN); decided numerically by
-  `bnwd.invariance.find_scale_invariant`, not from layer types;
+  `bnwd.nn.invariance.find_scale_invariant`, not from layer types;
 - how fast each clock runs, per lr stage k (lr eta_k, L2 lam, momentum mu, N_k steps):
 
     SGD (exact conventions of `theory.sgd_equilibrium`, PyTorch b = mu b + g + lam w, w -= eta b):
@@ -31,7 +31,7 @@ count, the plan answers without data:
   exact sum.
 
 - the learning-rate schedule the decay implies for the clock layers. SGD + momentum, EXACT
-  (`bnwd.exact`): with s_t = `exact.decay_scales`(lrs, mu, lam) (the shrink of a zero-gradient
+  (`bnwd.nn.exact`): with s_t = `exact.decay_scales`(lrs, mu, lam) (the shrink of a zero-gradient
   weight, s_0 = 1), training the clock layers WITHOUT weight decay at
 
       lr~_t = lr_t / (s_t s_{t+1})           multiplier m_t = 1 / (s_t s_{t+1}) ~= 1 / s_t^2
@@ -60,9 +60,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import theory
-from .errors import ConfigError
-from .exact import decay_scales
+from bnwd.errors import ConfigError
+from bnwd.nn import theory
+from bnwd.nn.exact import decay_scales
 
 SCHEDULES = ("step", "cosine", "constant", "points")
 OPTIMIZERS = ("sgd", "adamw")
@@ -428,7 +428,7 @@ def plan_groups(
         for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))
     ]
     names = {id(p): n for n, p in model.named_parameters()}
-    from .optim import group_of
+    from bnwd.nn.optim import group_of
 
     module_group = {}
     for _mname, m in model.named_modules():
@@ -598,7 +598,7 @@ def check_optimizer(
     optimizer: str, momentum: float, betas: Sequence[float], weight_decay: float | Mapping[str, float]
 ) -> float | dict[str, float]:
     """Refuse bad optimizer settings (ConfigError); return the weight decay as a float or {group: float}."""
-    from .optim import GROUPS
+    from bnwd.nn.optim import GROUPS
 
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer!r}: one of {', '.join(OPTIMIZERS)}")
@@ -645,12 +645,12 @@ def plan(
     skips the numerical test; otherwise `find_scale_invariant(model, example_input)` decides
     (example_input default: randn(8, 3, 32, 32)).
     """
-    from .optim import param_groups
+    from bnwd.nn.optim import param_groups
 
     wd = check_optimizer(optimizer, momentum, betas, weight_decay)
     lrs, starts = schedule_lrs(schedule, lr, steps_per_epoch, epochs, milestones, gamma, warmup_epochs, min_lr, stages)
     if invariant is None:
-        from .invariance import find_scale_invariant
+        from bnwd.nn.invariance import find_scale_invariant
 
         if example_input is None:
             example_input = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))

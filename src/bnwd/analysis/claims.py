@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .runs import Run, by_variant, plateau
+from bnwd.analysis.runs import Run, by_variant
+from bnwd.run.rundir import plateau
 
 Z = 0.975  # two-sided 95%
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import ARTICLE_VARIANTS, VARIANTS, make_config
-from .errors import BnwdError, ConfigError
+from bnwd.errors import BnwdError, ConfigError
+from bnwd.run.config import ARTICLE_VARIANTS, VARIANTS, make_config
 
 
 def default_preset() -> str:
@@ -105,7 +105,7 @@ def seed_chain(
 ) -> list[str]:
     """Train one seed's runs in order (the baseline first: `lr_scaling=reference` reads it); returns
     the run directories, the bn098 view included. A top-level function so a Ray task can run it."""
-    from .data import load_cifar10
+    from bnwd.run.data import load_cifar10
 
     dataset = dataset if dataset is not None else load_cifar10(data)
     dirs = []
@@ -117,8 +117,8 @@ def seed_chain(
 def train_variant(preset, variant, seed, view, base_over, out_dir, force, progress, dataset) -> list[str]:
     """Train (resume, or skip when finished) OUT/runs/<variant>-s<seed> in this process; with
     `view`, lr_scaled also writes the lr_scaled_bn098 view. Returns the run directories."""
-    from .runs import write_bn098_view
-    from .train import train
+    from bnwd.analysis.runs import write_bn098_view
+    from bnwd.run.trainer import train
 
     out = Path(out_dir)
     rd = out / "runs" / f"{variant}-s{seed}"
@@ -178,8 +178,8 @@ def reproduce(
     `engine="ray"` runs each seed's chain of runs as one Ray task (`sweep.ray_map`; `address`
     joins a cluster, else a local instance starts and stops with the call); a seed whose chain
     fails twice is reported and the outputs are written from the runs that finished."""
-    from .data import load_cifar10
-    from .sweep import resolve_jobs
+    from bnwd.batch.sweep import resolve_jobs
+    from bnwd.run.data import load_cifar10
 
     preset = preset or default_preset()
     seeds_ = resolve_seeds(seeds, seed_list)
@@ -191,7 +191,7 @@ def reproduce(
     for v in variants:
         if v not in VARIANTS:
             raise ConfigError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
-    from .runs import check_out_dir
+    from bnwd.run.rundir import check_out_dir
 
     out_dir = Path(out or f"runs/{preset}")
     check_out_dir(out_dir)
@@ -209,7 +209,7 @@ def reproduce(
     jobs = resolve_jobs(jobs, probe.device)
     follow = engine == "local" and follows(trained, needs_ref and not probe.reference, jobs)
     if engine == "ray":
-        from .sweep import _import_ray, ray_map, ray_resources
+        from bnwd.batch.sweep import _import_ray, ray_map, ray_resources
 
         _import_ray()
         res = ray_resources(gpus_per_run, cpus_per_run)
@@ -241,9 +241,10 @@ def reproduce(
 def run_waves(waves, jobs, preset, view, base_over, out_dir, data, force, progress, dataset, follow=False):
     """Run `plan_waves`' waves in order (see `reproduce`); returns the finished run directories,
     bn098 views included, and {run name: error} for the runs that failed or could not start."""
-    from .runs import SUMMARY, write_bn098_view
-    from .sweep import RunSpec, run_local, threads_per_run
-    from .train import pick_device
+    from bnwd.analysis.runs import write_bn098_view
+    from bnwd.batch.sweep import RunSpec, run_local, threads_per_run
+    from bnwd.run.rundir import SUMMARY
+    from bnwd.run.trainer import pick_device
 
     out = Path(out_dir)
     dirs: list[str] = []
@@ -304,8 +305,8 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def write_outputs(run_dirs: list[Path], out_dir: Path) -> dict:
-    from .plots import load_runs, plot_all
-    from .report import write_report, write_summary
+    from bnwd.analysis.plots import load_runs, plot_all
+    from bnwd.analysis.report import write_report, write_summary
 
     runs = [r for r in load_runs(run_dirs) if r.summary and r.summary.get("finished")]
     if not runs:

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError
+from bnwd.errors import ConfigError
 
 NORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 if hasattr(nn, "RMSNorm"):
@@ -308,7 +308,7 @@ def joint_invariance(
 
 
 def _group(model: nn.Module) -> dict[str, str]:
-    from .optim import group_of
+    from bnwd.nn.optim import group_of
 
     out = {}
     for mname, m in model.named_modules():
@@ -326,7 +326,7 @@ def audit(
     """One row per trainable parameter: what its L2 coefficient actually does.
 
     `weight_decay`: L2 coefficient per parameter name or per group name (`conv`, `bn`,
-    `head` as in bnwd.optim.param_groups; a parameter name wins), or one float for all;
+    `head` as in bnwd.nn.optim.param_groups; a parameter name wins), or one float for all;
     None means no L2. Rows: name, shape, numel, group, invariant, evidence, weight_decay,
     role, where role is
       "effective-lr control": invariant and wd > 0 (L2 only sets ||w||, hence lr/||w||^2),
@@ -399,13 +399,13 @@ def format_audit(rows: Sequence[Mapping[str, Any]]) -> str:
 def load_factory(spec: str) -> Callable[[], nn.Module]:
     """Resolve a model spec to a zero-argument callable returning an nn.Module.
 
-    "resnet20" (bnwd.models.resnet20); "resnetN" for any depth N = 6n+2 (bnwd.models.resnet);
-    any other factory name in bnwd.models; or "package.module:factory" (attribute path after
+    "resnet20" (bnwd.nn.models.resnet20); "resnetN" for any depth N = 6n+2 (bnwd.nn.models.resnet);
+    any other factory name in bnwd.nn.models; or "package.module:factory" (attribute path after
     the colon may be dotted). Raises ConfigError with the reason when it cannot be resolved.
     """
     spec = spec.strip()
     if ":" not in spec:
-        from . import models
+        from bnwd.nn import models
 
         m = re.fullmatch(r"resnet(\d+)", spec)
         if m and spec != "resnet20":

@@ -40,7 +40,7 @@ six float64 copies of the parameters) and no host sync:
                                  the pre-step hook, before its weight decay), taken at unit weight
                                  norm: for a scale-invariant weight g(w) = g(w/||w||)/||w||, so
                                  this is ||g(w/||w||)||^2, the ``L`` of the equilibrium norm
-                                 (`bnwd.theory.sgd_equilibrium(grad_sq_unit=L)`)
+                                 (`bnwd.nn.theory.sgd_equilibrium(grad_sq_unit=L)`)
 
 The same quantities are computed for each parameter group taken as one concatenated
 vector (``.../group/<name>``). ``rel``, ``angle`` and ``grad_sq_unit`` are kept three ways:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config as C
-from .errors import BnwdError, ConfigError, one_line
+from bnwd.errors import BnwdError, ConfigError, one_line
+from bnwd.run import config as C
 
 MAX_RUNS = 10_000  # above this a grid needs --yes
 SWEEP_FILE = "sweep.json"
@@ -115,7 +115,7 @@ def check_or_write_record(out: Path, rec: dict, force: bool) -> None:
         if same != {k: rec[k] for k in same}:
             raise ConfigError(f"{out} holds another sweep ({path}); use another --out or pass --force")
         rec = {**rec, "seeds": sorted(set(old.get("seeds", [])) | set(rec["seeds"]))}
-    from .runs import atomic_write
+    from bnwd.run.rundir import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(rec, indent=1) + "\n")
@@ -176,8 +176,8 @@ def worker_pool(jobs: int):
 
 def run_spec(spec: RunSpec, out: str, data: str | None, force: bool = False) -> dict:
     """Train (or resume, or skip when finished) one run; returns its summary. Raises on failure."""
-    from .data import load_cifar10
-    from .train import train
+    from bnwd.run.data import load_cifar10
+    from bnwd.run.trainer import train
 
     key = str(data)
     if key not in _DATA_CACHE:
@@ -291,7 +291,7 @@ def run_local(
     from their checkpoints without losing an attempt, up to one rebuild per run; after that every
     run still unfinished is reported failed. The bar counts finished runs and shows how far the
     running ones have got. `fn(spec, out, data, force)` trains one run (default `run_spec`)."""
-    from .runs import FAILED, atomic_write
+    from bnwd.run.rundir import FAILED, atomic_write
 
     fn = fn or run_spec
     results: dict[str, dict] = {}
@@ -463,7 +463,7 @@ def run_ray(
 
 def equilibrium_point(run) -> dict[str, float | None]:
     """Measured and predicted equilibrium at the end of the first lr stage of one run (`runs.Run`)."""
-    from .theory import sgd_equilibrium
+    from bnwd.nn.theory import sgd_equilibrium
 
     cfg = run.config
     wd = (cfg.get("resolved") or {}).get("conv_weight_decay", cfg.get("conv_weight_decay"))
@@ -485,7 +485,7 @@ def equilibrium_point(run) -> dict[str, float | None]:
     out["rel_step_measured"] = r.get("rel_step_conv")
     out["rel_step_predicted"] = sgd_equilibrium(lr, wd, mu)["relative_step"]
     out["conv_sqsum_measured"] = r.get("conv_sqsum")
-    from .plots import equilibrium_sqsum
+    from bnwd.analysis.plots import equilibrium_sqsum
 
     eq = equilibrium_sqsum(run)  # per sample point, from the measured grad_sq_unit of each layer
     if eq is not None:
@@ -500,7 +500,8 @@ def summarize(
     `wall_s`: the sweep command's wall time (kept from the last summary when not given)."""
     import statistics
 
-    from .runs import atomic_write, load_run
+    from bnwd.analysis.runs import load_run
+    from bnwd.run.rundir import atomic_write
 
     results = results or {}
     rows = []
@@ -547,7 +548,7 @@ def summarize(
             wall_s = None
     theory = {**theory_check(cells), **intrinsic_lr_check(rows, grid)}
     summary = {"grid": grid, "wall_s": wall_s, "runs": rows, "cells": cells, "theory": theory}
-    from .runs import jsonable
+    from bnwd.run.rundir import jsonable
 
     atomic_write(out / "summary.json", json.dumps(jsonable(summary), indent=1) + "\n")
     cols = list(dict.fromkeys(k for r in rows for k in r))
@@ -565,7 +566,7 @@ def theory_check(cells: list[dict], band: float = 0.1) -> dict:
     excludes 1, else `undecided`."""
     import statistics
 
-    from .claims import t_quantile
+    from bnwd.analysis.claims import t_quantile
 
     out = {}
     for name, m, p in (
@@ -655,8 +656,8 @@ def sweep(
     gpus_per_run: float | None = None,
     cpus_per_run: float | None = None,
 ) -> dict:
-    from .experiments import default_preset, resolve_seeds
-    from .runs import check_out_dir
+    from bnwd.batch.reproduce import default_preset, resolve_seeds
+    from bnwd.run.rundir import check_out_dir
 
     check_out_dir(out)
     if engine not in ("local", "ray"):
@@ -676,7 +677,7 @@ def sweep(
             _check_reachable(address)
     out_dir = Path(out).resolve()
     data_path = str(Path(data).resolve()) if data else None
-    from .data import load_cifar10
+    from bnwd.run.data import load_cifar10
 
     load_cifar10(data_path)  # missing or bad data: one line, before anything is written
     check_or_write_record(out_dir, sweep_record(grid, seeds_, preset, variant, overrides), force)
@@ -703,6 +704,6 @@ def replot(out: str) -> dict:
 
 
 def plot_sweep(out: Path, summary: dict) -> list[str]:
-    from .plots import sweep_figures
+    from bnwd.analysis.plots import sweep_figures
 
     return sweep_figures(summary, out / "figures")

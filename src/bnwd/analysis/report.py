@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import theory
-from .claims import STAGE1_FROM, describe, evaluate, final_acc
-from .plots import ARTICLE_EPOCHS, CAPTIONS, EQ_KEY, lr_schedule, with_equilibrium_sqsum
-from .runs import Run, aggregate, by_variant, jsonable
+from bnwd.analysis.claims import STAGE1_FROM, describe, evaluate, final_acc
+from bnwd.analysis.plots import ARTICLE_EPOCHS, CAPTIONS, EQ_KEY, lr_schedule, with_equilibrium_sqsum
+from bnwd.analysis.runs import Run, aggregate, by_variant
+from bnwd.nn import theory
+from bnwd.run.rundir import jsonable
 
 # Numeric columns of a summary row, in table order.
 COLUMNS = ("final_test_acc", "final_train_loss", "final_test_loss", "gap", "final_conv_sqsum", "epochs", "wall_s")
@@ -210,7 +211,7 @@ def dimensionless_lines(runs: list[Run]) -> list[str]:
     return [
         "## The article's dimensionless numbers, and this preset's",
         "",
-        'Computed from the resolved configs by `bnwd.theory.dimensionless` (docs/theory.md, "Shrinking the experiment"); '
+        'Computed from the resolved configs by `bnwd.nn.theory.dimensionless` (docs/theory.md, "Shrinking the experiment"); '
         "the stage-1 norm growth is measured.",
         "",
         "| number | article | this run |",
@@ -245,7 +246,7 @@ def theory_by_stage(runs: list[Run]) -> list[dict]:
     over conv layers of ||dw|| / ||w|| (EMA), averaged over the last quarter of the stage (its end
     point excluded), for each variant that has conv L2 or emulates it; and, when the baseline logged its gradient scale
     (SGD) or always (AdamW), the baseline's conv sqsum over the same window against its equilibrium
-    value (`bnwd.plots.equilibrium_sqsum`) as `sqsum` / `sqsum_eq`. Empty when the config has no
+    value (`bnwd.analysis.plots.equilibrium_sqsum`) as `sqsum` / `sqsum_eq`. Empty when the config has no
     weight decay."""
     g = by_variant(runs)
     cfg = (g.get("baseline") or runs)[0].config

@@ -1,0 +1,1 @@
+"""Finished run folders read back: aggregation, claims, summaries, reports and figures."""

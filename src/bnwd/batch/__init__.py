@@ -1,0 +1,1 @@
+"""Many runs: the article's reproduction and grid sweeps over a process pool or Ray."""
