@@ -87,57 +87,19 @@ def _lr(v: Any) -> Any:
     return v.detach().clone() if isinstance(v, torch.Tensor) else float(v)
 
 
-class Monitor:
-    """Norms, relative steps, rotation angles and effective learning rates, via optimizer hooks.
+def _sqnorms(ts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(torch._foreach_norm([t.detach() for t in ts], 2, dtype=torch.float64)).square()
 
-    ``Monitor(model, optimizer, sample_every=1, halflife=None, layers="auto")``
 
-    - ``sample_every``: steps per sample point; ``ready`` is True after every such step.
-    - ``halflife``: EMA half-life in steps (default ``sample_every``).
-    - ``layers``: which per-parameter keys ``sample()`` returns. ``"auto"``: conv kernels,
-      plus per-group aggregates; ``"conv"``: conv kernels, no group keys; ``"all"``: every
-      parameter plus group aggregates; ``"none"``: group aggregates only. The conv
-      aggregates (``conv_sqsum``, ``rel_step_conv``, ...) are always there.
-    - ``eff_lr_power``: ``eff_lr = lr / ||w||^power``; default 1 for Adam-type optimizers,
-      2 otherwise.
+class _Tracked:
+    """What the monitor tracks and how `sample()` names it: the parameters of the optimizer's groups
+    (each once, in group order), their names, groups and whether each is a conv kernel.
 
-    Tracks every parameter in ``optimizer.param_groups``; names come from the group's
-    ``"param_names"`` or else ``model.named_parameters()``; the group's name from its
-    ``"name"`` key or else ``f"group{i}"``. Conv kernels are the ``weight`` of the
-    ``nn.modules.conv._ConvNd`` modules of ``model`` (by identity). All parameters must be
-    on one device. Everything accumulates on that device; ``sample()`` is the only host sync.
+    Units: every parameter (0 .. P-1), then every group taken as one vector (P .. P+G-1);
+    ``member`` (G, P) is 1 where a parameter belongs to a group, so ``member @ x`` sums a
+    per-parameter quantity into its groups."""
 
-    Usage::
-
-        mon = Monitor(model, opt, sample_every=steps_per_epoch // 4)
-        for x, y in loader:
-            ...; opt.step()
-            if mon.ready:
-                log(mon.sample())
-        mon.remove()           # or: with Monitor(...) as mon: ...
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        sample_every: int = 1,
-        halflife: float | None = None,
-        layers: str = "auto",
-        eff_lr_power: float | None = None,
-    ):
-        if int(sample_every) != sample_every or sample_every < 1:
-            raise ValueError(f"sample_every must be an integer >= 1 (steps), got {sample_every!r}")
-        if layers not in LAYERS:
-            raise ValueError(f"layers must be one of {LAYERS}, got {layers!r}")
-        self.optimizer, self.sample_every, self.layers = optimizer, int(sample_every), layers
-        self.halflife = float(halflife if halflife is not None else sample_every)
-        if not self.halflife > 0:
-            raise ValueError(f"halflife must be > 0 steps, got {halflife!r}")
-        self.decay = 0.5 ** (1.0 / self.halflife)
-        self.adaptive = isinstance(optimizer, ADAPTIVE)
-        self.power = float(eff_lr_power if eff_lr_power is not None else (1.0 if self.adaptive else 2.0))
-
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
         conv_ids = {
             id(m.weight)
             for m in model.modules()
@@ -169,43 +131,100 @@ class Monitor:
         devices = {p.device for p in self.params}
         if len(devices) > 1:
             raise ValueError(f"Monitor needs all parameters on one device, got {sorted(map(str, devices))}")
-        dev = self.device = self.params[0].device
+        self.device = self.params[0].device
         self.P, self.G = len(self.params), len(optimizer.param_groups)
-        U = self.U = self.P + self.G  # units: every parameter, then every group as one vector
-        f64 = dict(dtype=torch.float64, device=dev)
+        self.U = self.P + self.G
         member = torch.zeros(self.G, self.P, dtype=torch.float64)
         member[self.group_of, list(range(self.P))] = 1.0
-        self._member = member.to(dev)
-        self._masks: dict[tuple[bool, ...], torch.Tensor] = {}
-        # Flat float32 copies of all parameters, each padded to whole chunks of CHUNK elements:
-        # per step two multi-tensor copies, float64 sums per chunk and a small chunk -> parameter
-        # sum give every norm: a fixed handful of kernels whatever the model (per-tensor work costs
-        # a launch-bound GPU step more than the arithmetic), no host sync, no contended atomics.
-        sizes = [p.numel() for p in self.params]
+        self.member = member.to(self.device)
+
+    @property
+    def keys(self) -> list[str]:
+        return [f"{self.group_names[self.group_of[i]]}/{self.names[i]}" for i in range(self.P)]
+
+    def named(self, table: list[list[float]], init_sq: list[float], layers: str, step: int) -> dict[str, float]:
+        """`sample()`'s dict from the host table of per-unit columns (`Monitor.sample`'s order)."""
+        sq, rel, rel_last, rel_ema, ang, ang_last, ang_ema, eff, eff_rel, gu, gu_ema = table
+        cols = (
+            ("sqnorm", sq),
+            ("rel_step", rel),
+            ("rel_step_last", rel_last),
+            ("rel_step_ema", rel_ema),
+            ("angle", ang),
+            ("angle_last", ang_last),
+            ("angle_ema", ang_ema),
+            ("eff_lr", eff),
+            ("eff_lr_rel", eff_rel),
+            ("grad_sq_unit", gu),
+            ("grad_sq_unit_ema", gu_ema),
+        )
+        out: dict[str, float] = {"step": step}
+        conv = [i for i in range(self.P) if self.is_conv[i]]
+        if conv:
+            m = lambda xs: _nanmean([xs[i] for i in conv])  # noqa: E731
+            out.update(
+                {
+                    "conv_sqsum": sum(sq[i] for i in conv),
+                    "conv_sqsum_rel": sum(sq[i] for i in conv) / sum(init_sq[i] for i in conv),
+                    "rel_step_conv": m(rel),
+                    "rel_step_conv_last": m(rel_last),
+                    "rel_step_conv_ema": m(rel_ema),
+                    "angle_conv": m(ang),
+                    "angle_conv_last": m(ang_last),
+                    "angle_conv_ema": m(ang_ema),
+                    "eff_lr_conv": m(eff),
+                    "eff_lr_rel_conv": m(eff_rel),
+                }
+            )
+        if layers != "conv":
+            for gi, g in enumerate(self.group_names):
+                for key, xs in cols:
+                    out[f"{key}/group/{g}"] = xs[self.P + gi]
+        if layers != "none":
+            for i in range(self.P) if layers == "all" else conv:
+                for key, xs in cols:
+                    out[f"{key}/{self.group_names[self.group_of[i]]}/{self.names[i]}"] = xs[i]
+        return out
+
+
+class _FlatCopies:
+    """Flat copies of all tracked parameters and gradients, and the per-step reads of the hooks.
+
+    Each parameter is padded to whole chunks of CHUNK elements: per step two multi-tensor copies,
+    float64 sums per chunk and a small chunk -> parameter sum give every norm: a fixed handful of
+    kernels whatever the model (per-tensor work costs a launch-bound GPU step more than the
+    arithmetic), no host sync, no contended atomics. Rows of ``trip``: wb; g (pre hook), then wa
+    (post hook, over g); s = wa - wb. Padding stays 0. ``d`` holds their float64 copies and ``prod``
+    the per-element products summed (pre hook: |wb|^2, |g|^2; post hook: |wa|^2, |s|^2, wb s).
+    Every view the hooks use is made once here: per step they run a fixed 13 aten ops (6 + 7), no
+    view op, whatever the model.
+    """
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.params, self.P = params, len(params)
+        dev = self.device = params[0].device
+        sizes = [p.numel() for p in params]
         nchunks = [max(1, -(-n // CHUNK)) for n in sizes]
-        self._chunk_ids = torch.repeat_interleave(torch.arange(self.P), torch.tensor(nchunks)).to(dev)
+        self.chunk_ids = torch.repeat_interleave(torch.arange(self.P), torch.tensor(nchunks)).to(dev)
         offsets = [CHUNK * c for c in itertools.accumulate([0] + nchunks[:-1])]
-        self._views = [_flat(p.detach()) for p in self.params]  # the optimizer updates in place
+        self._views = [_flat(p.detach()) for p in params]  # the optimizer updates in place
         # a parameter of a non-dense layout (rare) has no flat view: its views are re-made per step
-        self._fresh = any(v.data_ptr() != p.data_ptr() for v, p in zip(self._views, self.params))
+        self._fresh = any(v.data_ptr() != p.data_ptr() for v, p in zip(self._views, params))
         self._zeros: dict[int, torch.Tensor] = {}
+        self._masks: dict[tuple[bool, ...], torch.Tensor] = {}
         with torch.no_grad():
-            flat_dtype = torch.promote_types(torch.float32, self.params[0].dtype)
-            # rows: wb; g (pre hook), then wa (post hook); s = wa - wb. Padding stays 0.
+            flat_dtype = torch.promote_types(torch.float32, params[0].dtype)
             n_flat = CHUNK * sum(nchunks)
-            self._trip = torch.zeros(3, n_flat, dtype=flat_dtype, device=dev)
-            self._slots = [[row[o : o + n] for o, n in zip(offsets, sizes)] for row in self._trip]
+            self.trip = torch.zeros(3, n_flat, dtype=flat_dtype, device=dev)
+            self.slots = [[row[o : o + n] for o, n in zip(offsets, sizes)] for row in self.trip]
             # the gradient slots again, shaped and strided as their parameters: a .grad of its
             # parameter's layout (autograd's rule) copies in with no per-step view op, into the
             # same places as its flat memory-order view would
-            self._gshaped = [_shaped(slot, p) for slot, p in zip(self._slots[1], self.params)]
-            # float64 copies of the rows and the per-element products summed (pre hook: |wb|^2,
-            # |g|^2; post hook: |wa|^2, |s|^2, wb s), with every view the hooks use made once here:
-            # per step the hooks run a fixed 13 aten ops (6 + 7), no view op, whatever the model
-            self._d = torch.zeros(3, n_flat, dtype=torch.float64, device=dev)
-            self._prod = torch.zeros(3, n_flat, dtype=torch.float64, device=dev)
-            t, d, pr = self._trip, self._d, self._prod
-            self._v = {
+            self._gshaped = [_shaped(slot, p) for slot, p in zip(self.slots[1], params)]
+            self.d = torch.zeros(3, n_flat, dtype=torch.float64, device=dev)
+            self.prod = torch.zeros(3, n_flat, dtype=torch.float64, device=dev)
+            t, d, pr = self.trip, self.d, self.prod
+            self.v = {
                 "t01": t[:2],
                 "t0": t[0],
                 "t1": t[1],
@@ -219,38 +238,8 @@ class Monitor:
                 "p01_chunks": pr[:2].view(2, -1, CHUNK),
                 "p_chunks": pr.view(3, -1, CHUNK),
             }
-            sq = self._sqnorms(self.params)
-        # accumulators, all on the device, one row per unit
-        M = len(_M)
-        self.win_sum = torch.zeros(U, M, **f64)  # columns: _M
-        self.win_cnt = torch.zeros(U, **f64)
-        self.last = torch.full((U, M), math.nan, **f64)
-        self.ema = torch.zeros(U, M, **f64)
-        self.ema_w = torch.zeros(U, **f64)  # 1 - d^n for the bias correction
-        self.sq = torch.cat([sq, self._member @ sq])
-        self.init_sq = self.sq.clone()
-        # Per step only the raw norms are recorded, in a device buffer of BUFFER steps
-        # (||wb||, ||g|| from the pre hook; ||wa||, ||s|| from the post hook); `_fold` turns
-        # the buffered steps into the window/EMA/last accumulators in one batch of tensor ops,
-        # when the buffer is full and before every read. The hooks thus launch a fixed handful
-        # of kernels whatever the model, which is what a GPU step that is launch-bound needs.
-        self._buf = torch.zeros(BUFFER, 5, self.P, **f64)
-        self._buf_pre = [row[:2] for row in self._buf]  # per buffered step: |wb|^2, |g|^2
-        self._buf_post = [row[2:] for row in self._buf]  # |wa|^2, |s|^2, wb.s
-        self._buf_masks: list[torch.Tensor] = []  # per buffered step: which params were updated
-        self._pre_done = False
-        self.lrs = [_lr(g["lr"]) for g in optimizer.param_groups]
-        self.init_lrs = list(self.lrs)
-        self.lr_scale = torch.ones(self.P, **f64)  # per-parameter gradient multiplier (`set_lr_scale`)
-        self.step = 0
-        self.handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
 
-    # ------------------------------------------------------------------ hooks
-    @staticmethod
-    def _sqnorms(ts: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(torch._foreach_norm([t.detach() for t in ts], 2, dtype=torch.float64)).square()
-
-    def _segment_sum(self, x: torch.Tensor) -> torch.Tensor:
+    def segment_sum(self, x: torch.Tensor) -> torch.Tensor:
         """(rows, padded N) float64 flat values -> (rows, P) sums per parameter (the hooks do the
         same into their buffer row, zeroed at each fold, with views made once).
 
@@ -258,11 +247,7 @@ class Monitor:
         lengths with one) and few atomic adds per address (index_add_ over all N elements into P
         slots serializes on the GPU)."""
         chunks = x.view(len(x), -1, CHUNK).sum(2)
-        return torch.zeros(len(x), self.P, dtype=x.dtype, device=x.device).index_add_(1, self._chunk_ids, chunks)
-
-    def _segment_sq(self, x: torch.Tensor) -> torch.Tensor:
-        """(rows, N) flat values -> (rows, P) squared norms per parameter, summed in float64."""
-        return self._segment_sum(x.double().square())
+        return torch.zeros(len(x), self.P, dtype=x.dtype, device=x.device).index_add_(1, self.chunk_ids, chunks)
 
     def _param_views(self) -> list[torch.Tensor]:
         return [_flat(p.detach()) for p in self.params] if self._fresh else self._views
@@ -282,34 +267,38 @@ class Monitor:
             if g is None:
                 g = self._zeros.get(i)
                 if g is None:
-                    g = self._zeros[i] = torch.zeros(p.numel(), dtype=self._trip.dtype, device=self.device)
-            dst.append(self._slots[1][i])
+                    g = self._zeros[i] = torch.zeros(p.numel(), dtype=self.trip.dtype, device=self.device)
+            dst.append(self.slots[1][i])
             src.append(_flat(g))
         return dst, src
 
-    def _pre(self, opt, args, kwargs) -> None:
-        with torch.no_grad():
-            k = len(self._buf_masks)
-            if self._pre_done:  # the last pre hook had no post hook (its step raised): redo its row
-                self._buf[k].zero_()
-            v = self._v
-            torch._foreach_copy_(self._slots[0], self._param_views())
-            torch._foreach_copy_(*self._grads())
-            v["d01"].copy_(v["t01"])
-            torch.mul(v["d01"], v["d01"], out=v["p01"])
-            self._buf_pre[k].index_add_(1, self._chunk_ids, v["p01_chunks"].sum(2))  # |wb|^2, |g|^2
-            self._pre_done = True
+    def read_before(self, out: torch.Tensor) -> None:
+        """Pre hook (6 aten ops): copy wb and g; add |wb|^2, |g|^2 per parameter into `out` (2, P)."""
+        v = self.v
+        torch._foreach_copy_(self.slots[0], self._param_views())
+        torch._foreach_copy_(*self._grads())
+        v["d01"].copy_(v["t01"])
+        torch.mul(v["d01"], v["d01"], out=v["p01"])
+        out.index_add_(1, self.chunk_ids, v["p01_chunks"].sum(2))
 
-    def refresh_grads(self) -> None:
-        """Re-read the gradients of the step in flight, for a ``step(closure)`` whose closure
-        ran backward inside ``step``, after the pre-step hook had read ``.grad`` (stale or None
-        then). Call it from a later step pre-hook; the Lightning callback does."""
-        with torch.no_grad():
-            k = len(self._buf_masks)
-            torch._foreach_copy_(*self._grads())
-            self._buf[k, 1].copy_(self._segment_sq(self._trip[1:2])[0])
+    def reread_grads(self, out: torch.Tensor) -> None:
+        """Copy the gradients again and write |g|^2 per parameter into `out` (P,)."""
+        torch._foreach_copy_(*self._grads())
+        out.copy_(self.segment_sum(self.trip[1:2].double().square())[0])
 
-    def _mask(self) -> torch.Tensor:
+    def read_after(self, out: torch.Tensor) -> None:
+        """Post hook (6 aten ops): copy wa (over g), s = wa - wb; add |wa|^2, |s|^2 and wb . s per
+        parameter into `out` (3, P); wb . s directly (no cancellation, unlike the polarization
+        identity)."""
+        v = self.v
+        torch._foreach_copy_(self.slots[1], self._param_views())
+        torch.sub(v["t1"], v["t0"], out=v["t2"])
+        self.d.copy_(self.trip)
+        torch.mul(v["d12"], v["d12"], out=v["p01"])
+        torch.mul(v["d0"], v["d2"], out=v["p2"])
+        out.index_add_(1, self.chunk_ids, v["p_chunks"].sum(2))
+
+    def updated(self) -> torch.Tensor:
         """Device mask of the parameters the optimizer updated (grad not None), cached per pattern."""
         key = tuple(p.grad is not None for p in self.params)
         m = self._masks.get(key)
@@ -317,44 +306,54 @@ class Monitor:
             m = self._masks[key] = torch.tensor(key, dtype=torch.float64).to(self.device)
         return m
 
-    def _post(self, opt, args, kwargs) -> None:
-        if not self._pre_done:  # attached between a step's pre and post hooks: nothing to pair
-            return
-        with torch.no_grad():
-            k = len(self._buf_masks)
-            v = self._v
-            torch._foreach_copy_(self._slots[1], self._param_views())  # wa, over g
-            torch.sub(v["t1"], v["t0"], out=v["t2"])  # s = wa - wb
-            self._d.copy_(self._trip)
-            # |wa|^2, |s|^2, and wb . s directly (no cancellation, unlike the polarization identity)
-            torch.mul(v["d12"], v["d12"], out=v["p01"])
-            torch.mul(v["d0"], v["d2"], out=v["p2"])
-            self._buf_post[k].index_add_(1, self._chunk_ids, v["p_chunks"].sum(2))
-            self._buf_masks.append(self._mask())
-            self._pre_done = False
-        self.lrs = [_lr(g["lr"]) for g in opt.param_groups]
-        self.step += 1
-        if len(self._buf_masks) == BUFFER:
-            self._fold()
+
+class _Accumulators:
+    """Per unit (`_Tracked`), on the device: window sums and counts, last values, the EMA and its
+    weight, of the per-step metrics `_M`; the squared norms after the last step and at creation.
+
+    The hooks only record raw norms, in a device buffer of BUFFER steps (``raw`` (BUFFER, 5, P):
+    ||wb||^2, ||g||^2 from the pre hook; ||wa||^2, ||s||^2, wb.s from the post hook, and per step
+    the mask of the parameters updated); `fold` turns the buffered steps into the accumulators in
+    one batch of tensor ops, when the buffer is full and before every read. The hooks thus launch a
+    fixed handful of kernels whatever the model, which is what a launch-bound GPU step needs.
+    """
+
+    STATE = ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq")
+
+    def __init__(self, sq: torch.Tensor, member: torch.Tensor, decay: float):
+        P, U, M = member.shape[1], member.shape[0] + member.shape[1], len(_M)
+        f64 = dict(dtype=torch.float64, device=member.device)
+        self.member, self.decay = member, decay
+        self.win_sum = torch.zeros(U, M, **f64)  # columns: _M
+        self.win_cnt = torch.zeros(U, **f64)
+        self.last = torch.full((U, M), math.nan, **f64)
+        self.ema = torch.zeros(U, M, **f64)
+        self.ema_w = torch.zeros(U, **f64)  # 1 - d^n for the bias correction
+        self.sq = torch.cat([sq, member @ sq])
+        self.init_sq = self.sq.clone()
+        self.raw = torch.zeros(BUFFER, 5, P, **f64)
+        self.raw_pre = [row[:2] for row in self.raw]  # per buffered step: |wb|^2, |g|^2
+        self.raw_post = [row[2:] for row in self.raw]  # |wa|^2, |s|^2, wb.s
+        self.masks: list[torch.Tensor] = []  # per buffered step: which params were updated
 
     @torch.no_grad()
-    def _fold(self) -> None:
+    def fold(self) -> None:
         """Fold the buffered steps into the accumulators, as if each had been added in turn.
 
-        Per step t (norms of params, then of each group as one vector via `_member`):
-        ``wb.s = (|wa|^2 - |wb|^2 - |s|^2) / 2``, ``rel = |s| / |wb|``, ``angle`` and
-        ``gsq_unit = |g|^2 |wb|^2`` as in the module docstring, kept where the unit was updated
-        and ``|wb| > 0`` (valid). Window sums add the valid values; ``last`` takes the last
-        valid one; the EMA ``e <- d e + (1 - d) v`` over the valid steps in order is, with
-        ``a_t`` the number of valid steps after t, ``e = d^n e_0 + sum_t (1 - d) d^(a_t) v_t``.
+        Per step t (norms of params, then of each group as one vector via ``member``):
+        ``rel = |s| / |wb|``, ``angle`` and ``gsq_unit = |g|^2 |wb|^2`` as in the module docstring,
+        kept where the unit was updated and ``|wb| > 0`` (valid). Window sums add the valid values;
+        ``last`` takes the last valid one; the EMA ``e <- d e + (1 - d) v`` over the valid steps in
+        order is, with ``a_t`` the number of valid steps after t, ``e = d^n e_0 + sum_t (1 - d)
+        d^(a_t) v_t``, and its weight ``w <- d w + (1 - d)`` likewise.
         """
-        k = len(self._buf_masks)
+        k = len(self.masks)
         if k == 0:
             return
-        raw = self._buf[:k]  # (k, 5, P): |wb|^2 |g|^2 |wa|^2 |s|^2 wb.s
-        upd = torch.stack(self._buf_masks)  # (k, P)
+        raw = self.raw[:k]  # (k, 5, P): |wb|^2 |g|^2 |wa|^2 |s|^2 wb.s
+        upd = torch.stack(self.masks)  # (k, P)
         bb, gg, _, ss, bs = (raw[:, i] * upd for i in range(5))
-        mt = self._member.T
+        mt = self.member.T
 
         def units(x):  # (k, P) -> (k, U): every parameter, then every group's sum
             return torch.cat([x, x @ mt], 1)
@@ -369,7 +368,7 @@ class Monitor:
         d = self.decay
         self.win_sum += v.sum(0)
         self.win_cnt += valid.sum(0)
-        t = torch.arange(1, k + 1, dtype=torch.float64, device=self.device)[:, None]
+        t = torch.arange(1, k + 1, dtype=torch.float64, device=raw.device)[:, None]
         j = (valid * t).amax(0).long() - 1  # last valid step per unit, -1 if none
         picked = v.gather(0, j.clamp_min(0)[None, :, None].expand(1, -1, v.shape[2]))[0]
         self.last = torch.where((j >= 0)[:, None], picked, self.last)
@@ -379,9 +378,121 @@ class Monitor:
         self.ema = self.ema * dn[:, None] + (w[:, :, None] * v).sum(0)
         self.ema_w = self.ema_w * dn + w.sum(0)
         sq = raw[-1, 2]
-        self.sq = torch.cat([sq, self._member @ sq])
+        self.sq = torch.cat([sq, self.member @ sq])
         raw.zero_()  # the hooks add into zeroed rows
-        self._buf_masks = []
+        self.masks = []
+
+    def window(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(window mean, bias-corrected EMA), (U, M) each, NaN where a unit had no valid step."""
+        cnt = self.win_cnt[:, None]
+        mean = torch.where(cnt > 0, self.win_sum / cnt.clamp_min(1), torch.full_like(self.win_sum, math.nan))
+        ema = torch.where(
+            self.ema_w[:, None] > 0,
+            self.ema / self.ema_w[:, None].clamp_min(1e-300),
+            torch.full_like(self.ema, math.nan),
+        )
+        return mean, ema
+
+
+class Monitor:
+    """Norms, relative steps, rotation angles and effective learning rates, via optimizer hooks.
+
+    ``Monitor(model, optimizer, sample_every=1, halflife=None, layers="auto")``
+
+    - ``sample_every``: steps per sample point; ``ready`` is True after every such step.
+    - ``halflife``: EMA half-life in steps (default ``sample_every``).
+    - ``layers``: which per-parameter keys ``sample()`` returns. ``"auto"``: conv kernels,
+      plus per-group aggregates; ``"conv"``: conv kernels, no group keys; ``"all"``: every
+      parameter plus group aggregates; ``"none"``: group aggregates only. The conv
+      aggregates (``conv_sqsum``, ``rel_step_conv``, ...) are always there.
+    - ``eff_lr_power``: ``eff_lr = lr / ||w||^power``; default 1 for Adam-type optimizers,
+      2 otherwise.
+
+    Tracks every parameter in ``optimizer.param_groups``; names come from the group's
+    ``"param_names"`` or else ``model.named_parameters()``; the group's name from its
+    ``"name"`` key or else ``f"group{i}"``. Conv kernels are the ``weight`` of the
+    ``nn.modules.conv._ConvNd`` modules of ``model`` (by identity). All parameters must be
+    on one device. Everything accumulates on that device; ``sample()`` is the only host sync.
+
+    Usage::
+
+        mon = Monitor(model, opt, sample_every=steps_per_epoch // 4)
+        for x, y in loader:
+            ...; opt.step()
+            if mon.ready:
+                log(mon.sample())
+        mon.remove()           # or: with Monitor(...) as mon: ...
+
+    The pieces: `_Tracked` (what is tracked, how samples are named), `_FlatCopies` (the flat
+    copies the hooks read the norms from), `_Accumulators` (the device buffer of raw norms and
+    its fold into window means, last values and EMAs).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        sample_every: int = 1,
+        halflife: float | None = None,
+        layers: str = "auto",
+        eff_lr_power: float | None = None,
+    ):
+        if int(sample_every) != sample_every or sample_every < 1:
+            raise ValueError(f"sample_every must be an integer >= 1 (steps), got {sample_every!r}")
+        if layers not in LAYERS:
+            raise ValueError(f"layers must be one of {LAYERS}, got {layers!r}")
+        self.optimizer, self.sample_every, self.layers = optimizer, int(sample_every), layers
+        self.halflife = float(halflife if halflife is not None else sample_every)
+        if not self.halflife > 0:
+            raise ValueError(f"halflife must be > 0 steps, got {halflife!r}")
+        self.decay = 0.5 ** (1.0 / self.halflife)
+        self.adaptive = isinstance(optimizer, ADAPTIVE)
+        self.power = float(eff_lr_power if eff_lr_power is not None else (1.0 if self.adaptive else 2.0))
+        self.tracked = tr = _Tracked(model, optimizer)
+        self.params, self.P, self.device = tr.params, tr.P, tr.device
+        self.names, self.group_of, self.group_names, self.is_conv = tr.names, tr.group_of, tr.group_names, tr.is_conv
+        self.flat = _FlatCopies(tr.params)
+        with torch.no_grad():
+            self.acc = _Accumulators(_sqnorms(tr.params), tr.member, self.decay)
+        self._pre_done = False
+        self.lrs = [_lr(g["lr"]) for g in optimizer.param_groups]
+        self.init_lrs = list(self.lrs)
+        self.lr_scale = torch.ones(self.P, dtype=torch.float64, device=self.device)  # `set_lr_scale`
+        self._init_sq_host: list[float] | None = None
+        self.step = 0
+        self.handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
+
+    def _pre(self, opt, args, kwargs) -> None:
+        with torch.no_grad():
+            acc = self.acc
+            k = len(acc.masks)
+            if self._pre_done:  # the last pre hook had no post hook (its step raised): redo its row
+                acc.raw[k].zero_()
+            self.flat.read_before(acc.raw_pre[k])
+            self._pre_done = True
+
+    def refresh_grads(self) -> None:
+        """Re-read the gradients of the step in flight, for a ``step(closure)`` whose closure
+        ran backward inside ``step``, after the pre-step hook had read ``.grad`` (stale or None
+        then). Call it from a later step pre-hook; the Lightning callback does."""
+        with torch.no_grad():
+            self.flat.reread_grads(self.acc.raw[len(self.acc.masks), 1])
+
+    def _post(self, opt, args, kwargs) -> None:
+        if not self._pre_done:  # attached between a step's pre and post hooks: nothing to pair
+            return
+        with torch.no_grad():
+            acc = self.acc
+            self.flat.read_after(acc.raw_post[len(acc.masks)])
+            acc.masks.append(self.flat.updated())
+            self._pre_done = False
+        self.lrs = [_lr(g["lr"]) for g in opt.param_groups]
+        self.step += 1
+        if len(acc.masks) == BUFFER:
+            acc.fold()
+
+    def _fold(self) -> None:
+        self.acc.fold()
 
     def index_of(self, params: list[torch.Tensor]) -> torch.Tensor:
         """Device index of `params` in the monitor's tracking order (for `set_lr_scale`)."""
@@ -396,7 +507,6 @@ class Monitor:
         with torch.no_grad():
             self.lr_scale.index_copy_(0, index, factors.detach().to(torch.float64).reshape(-1).expand(len(index)))
 
-    # ------------------------------------------------------------------ reading
     @property
     def ready(self) -> bool:
         """True when the last step completed a sample window (every `sample_every` steps)."""
@@ -404,7 +514,7 @@ class Monitor:
 
     def _lr_vec(self, lrs: list) -> torch.Tensor:
         per_group = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(self.device).reshape(()) for v in lrs])
-        return torch.cat([per_group[self.group_of], per_group])
+        return torch.cat([per_group[self.tracked.group_of], per_group])
 
     def sample(self) -> dict[str, float]:
         """The metrics of the window since the last sample point, as a flat dict of floats.
@@ -412,93 +522,27 @@ class Monitor:
         The only host sync of the monitor. Resets the window mean accumulators (the EMA and
         last values carry on). Includes ``"step"``, the number of optimizer steps seen.
         """
-        self._fold()
+        acc, member = self.acc, self.tracked.member
+        acc.fold()
         with torch.no_grad():
-            cnt = self.win_cnt[:, None]
-            mean = torch.where(cnt > 0, self.win_sum / cnt.clamp_min(1), torch.full_like(self.win_sum, math.nan))
-            ema = torch.where(
-                self.ema_w[:, None] > 0,
-                self.ema / self.ema_w[:, None].clamp_min(1e-300),
-                torch.full_like(self.ema, math.nan),
-            )
+            mean, ema = acc.window()
             p = self.power
-            scale = torch.cat([self.lr_scale, (self._member @ self.lr_scale) / self._member.sum(1).clamp_min(1)])
-            eff = self._lr_vec(self.lrs) * scale / self.sq.pow(p / 2)
-            eff0 = self._lr_vec(self.init_lrs) / self.init_sq.pow(p / 2)
-            table = (
-                torch.stack(
-                    [
-                        self.sq,
-                        mean[:, 0],
-                        self.last[:, 0],
-                        ema[:, 0],
-                        mean[:, 1],
-                        self.last[:, 1],
-                        ema[:, 1],
-                        eff,
-                        eff / eff0,
-                        mean[:, 2],
-                        ema[:, 2],
-                    ]
-                )
-                .cpu()
-                .tolist()
-            )
-            self.win_sum.zero_()
-            self.win_cnt.zero_()
-        sq, rel, rel_last, rel_ema, ang, ang_last, ang_ema, eff, eff_rel, gu, gu_ema = table
-        cols = (
-            ("sqnorm", sq),
-            ("rel_step", rel),
-            ("rel_step_last", rel_last),
-            ("rel_step_ema", rel_ema),
-            ("angle", ang),
-            ("angle_last", ang_last),
-            ("angle_ema", ang_ema),
-            ("eff_lr", eff),
-            ("eff_lr_rel", eff_rel),
-            ("grad_sq_unit", gu),
-            ("grad_sq_unit_ema", gu_ema),
-        )
-        out: dict[str, float] = {"step": self.step}
-        conv = [i for i in range(self.P) if self.is_conv[i]]
-        if conv:
-            m = lambda xs: _nanmean([xs[i] for i in conv])  # noqa: E731
-            out.update(
-                {
-                    "conv_sqsum": sum(sq[i] for i in conv),
-                    "conv_sqsum_rel": sum(sq[i] for i in conv) / sum(self._init_sq_list()[i] for i in conv),
-                    "rel_step_conv": m(rel),
-                    "rel_step_conv_last": m(rel_last),
-                    "rel_step_conv_ema": m(rel_ema),
-                    "angle_conv": m(ang),
-                    "angle_conv_last": m(ang_last),
-                    "angle_conv_ema": m(ang_ema),
-                    "eff_lr_conv": m(eff),
-                    "eff_lr_rel_conv": m(eff_rel),
-                }
-            )
-        if self.layers != "conv":
-            for gi, g in enumerate(self.group_names):
-                for key, xs in cols:
-                    out[f"{key}/group/{g}"] = xs[self.P + gi]
-        if self.layers != "none":
-            for i in range(self.P) if self.layers == "all" else conv:
-                for key, xs in cols:
-                    out[f"{key}/{self.group_names[self.group_of[i]]}/{self.names[i]}"] = xs[i]
-        return out
-
-    def _init_sq_list(self) -> list[float]:
-        if getattr(self, "_init_sq_host", None) is None:
-            self._init_sq_host = self.init_sq.cpu().tolist()
-        return self._init_sq_host
+            scale = torch.cat([self.lr_scale, (member @ self.lr_scale) / member.sum(1).clamp_min(1)])
+            eff = self._lr_vec(self.lrs) * scale / acc.sq.pow(p / 2)
+            eff0 = self._lr_vec(self.init_lrs) / acc.init_sq.pow(p / 2)
+            cols = [acc.sq, mean[:, 0], acc.last[:, 0], ema[:, 0], mean[:, 1], acc.last[:, 1], ema[:, 1]]
+            table = torch.stack([*cols, eff, eff / eff0, mean[:, 2], ema[:, 2]]).cpu().tolist()
+            acc.win_sum.zero_()
+            acc.win_cnt.zero_()
+        if self._init_sq_host is None:
+            self._init_sq_host = acc.init_sq.cpu().tolist()
+        return self.tracked.named(table, self._init_sq_host, self.layers, self.step)
 
     @property
     def keys(self) -> list[str]:
         """Per-parameter key suffixes ``<group>/<param name>`` in tracking order."""
-        return [f"{self.group_names[self.group_of[i]]}/{self.names[i]}" for i in range(self.P)]
+        return self.tracked.keys
 
-    # ------------------------------------------------------------------ lifecycle
     def remove(self) -> None:
         """Detach the hooks; the monitor stops updating (sample() still reads what it has)."""
         for h in self.handles:
@@ -515,7 +559,8 @@ class Monitor:
         """Window and EMA accumulators, the steps buffered since the last fold, last values,
         init norms and lrs, step (CPU tensors). Nothing is folded here, so a resumed run folds
         at the same steps as an uninterrupted one and continues bit for bit."""
-        k = len(self._buf_masks)
+        acc = self.acc
+        k = len(acc.masks)
         return {
             "version": STATE_VERSION,
             "keys": self.keys,
@@ -523,17 +568,15 @@ class Monitor:
             "halflife": self.halflife,
             "lrs": [v.cpu() if isinstance(v, torch.Tensor) else v for v in self.lrs],
             "init_lrs": [v.cpu() if isinstance(v, torch.Tensor) else v for v in self.init_lrs],
-            **{
-                k: getattr(self, k).cpu().clone()
-                for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq", "lr_scale")
-            },
-            "buffer": self._buf[:k].cpu().clone(),
-            "buffer_masks": torch.stack(self._buf_masks).cpu() if k else torch.zeros(0, self.P, dtype=torch.float64),
+            **{name: getattr(acc, name).cpu().clone() for name in _Accumulators.STATE},
+            "lr_scale": self.lr_scale.cpu().clone(),
+            "buffer": acc.raw[:k].cpu().clone(),
+            "buffer_masks": torch.stack(acc.masks).cpu() if k else torch.zeros(0, self.P, dtype=torch.float64),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()` of a monitor over the same parameters (ValueError otherwise)."""
-        if state.get("version") not in (4, STATE_VERSION):  # 4: no buffer (folded every step)
+        if state.get("version") != STATE_VERSION:
             raise ValueError(
                 f"not a bnwd Monitor state of this version ({STATE_VERSION}); got version {state.get('version')!r}"
             )
@@ -543,21 +586,20 @@ class Monitor:
             )
         if float(state["halflife"]) != self.halflife:
             raise ValueError(f"Monitor state has halflife {state['halflife']}, this monitor {self.halflife}")
-        for k in ("win_sum", "win_cnt", "last", "ema", "ema_w", "sq", "init_sq", "lr_scale"):
-            v = state[k]
-            if tuple(v.shape) != tuple(getattr(self, k).shape):
-                raise ValueError(
-                    f"Monitor state {k!r} has shape {tuple(v.shape)}, expected {tuple(getattr(self, k).shape)}"
-                )
-            setattr(self, k, v.to(self.device, torch.float64).clone())
+        acc = self.acc
+        owners = {name: acc for name in _Accumulators.STATE} | {"lr_scale": self}
+        for name, owner in owners.items():
+            v, have = state[name], getattr(owner, name)
+            if tuple(v.shape) != tuple(have.shape):
+                raise ValueError(f"Monitor state {name!r} has shape {tuple(v.shape)}, expected {tuple(have.shape)}")
+            setattr(owner, name, v.to(self.device, torch.float64).clone())
         self.step = int(state["step"])
-        buf = state.get("buffer", torch.zeros(0, 5, self.P))
+        buf, masks = state["buffer"], state["buffer_masks"]
         if tuple(buf.shape[1:]) != (5, self.P) or len(buf) >= BUFFER:
             raise ValueError(f"Monitor state 'buffer' has shape {tuple(buf.shape)}, expected (<{BUFFER}, 5, {self.P})")
-        self._buf.zero_()
-        self._buf[: len(buf)] = buf.to(self.device, torch.float64)
-        masks = state.get("buffer_masks", torch.zeros(0, self.P))
-        self._buf_masks = [m.to(self.device, torch.float64) for m in masks]
+        acc.raw.zero_()
+        acc.raw[: len(buf)] = buf.to(self.device, torch.float64)
+        acc.masks = [m.to(self.device, torch.float64) for m in masks]
         self._pre_done = False
         self.lrs = [_lr(v) for v in state["lrs"]]
         self.init_lrs = [_lr(v) for v in state["init_lrs"]]
