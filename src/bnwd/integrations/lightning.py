@@ -76,8 +76,10 @@ from typing import Any
 
 import torch
 
+from bnwd.errors import BnwdError
 from bnwd.nn.invariance import audit, format_audit
 from bnwd.nn.monitor import LAYERS, Monitor
+from bnwd.nn.plan import plan_optimizer
 
 _HINT = "bnwd.integrations.lightning needs Lightning (lightning or pytorch_lightning): pip install 'bnwd[lightning]'"
 
@@ -185,7 +187,6 @@ class BnwdMonitor(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(prefix=self.prefix, optimizer_index=self.optimizer_index)
 
-    # ------------------------------------------------------------------ attach / detach
     def on_train_start(self, trainer, pl_module) -> None:
         self._detach()
         opts = trainer.optimizers
@@ -249,7 +250,6 @@ class BnwdMonitor(Callback):
             return
         mon.refresh_grads()
 
-    # ------------------------------------------------------------------ per batch
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._audit_pending:
             self._audit_pending = False
@@ -265,14 +265,12 @@ class BnwdMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
-    # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {"monitor": self.monitor.state_dict()} if self.monitor is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending_state = state_dict.get("monitor")
 
-    # ------------------------------------------------------------------ audit
     def _run_audit(self, trainer, pl_module, example_input: Any) -> None:
         if isinstance(example_input, Mapping):
             raise TypeError("BnwdMonitor(audit=True): keyword inputs (a dict) are not supported; pass a tuple")
@@ -295,9 +293,6 @@ class BnwdMonitor(Callback):
 
     def _run_plan(self, trainer, pl_module) -> None:
         """The plan of the monitored optimizer over the remaining steps (see the module docstring)."""
-        from bnwd.errors import BnwdError
-        from bnwd.nn.plan import plan_optimizer
-
         opt = trainer.optimizers[self.optimizer_index]
         total = trainer.estimated_stepping_batches
         steps = int(total) - int(trainer.global_step) if total != float("inf") else 0

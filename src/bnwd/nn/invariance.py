@@ -45,10 +45,9 @@ import torch
 import torch.nn as nn
 
 from bnwd.errors import ConfigError
-
-NORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-if hasattr(nn, "RMSNorm"):
-    NORM_TYPES = NORM_TYPES + (nn.RMSNorm,)
+from bnwd.nn import models
+from bnwd.nn.models import NORM_TYPES
+from bnwd.nn.optim import parameter_group
 
 
 @dataclass
@@ -304,19 +303,11 @@ def joint_invariance(
     return _judge(probe, list(names), base_out, g, scales, rtol)
 
 
-# --------------------------------------------------------------------------- audit
-
-
 def _group(model: nn.Module) -> dict[str, str]:
-    from bnwd.nn.optim import group_of
-
     out = {}
     for mname, m in model.named_modules():
         for pname, _p in m.named_parameters(recurse=False):
-            g = group_of(m)
-            if g == "conv" and pname != "weight":
-                g = "head"
-            out.setdefault(f"{mname}.{pname}" if mname else pname, g)
+            out.setdefault(f"{mname}.{pname}" if mname else pname, parameter_group(m, pname))
     return out
 
 
@@ -405,8 +396,6 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     """
     spec = spec.strip()
     if ":" not in spec:
-        from bnwd.nn import models
-
         m = re.fullmatch(r"resnet(\d+)", spec)
         if m and spec != "resnet20":
             depth = int(m.group(1))

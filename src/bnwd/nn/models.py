@@ -13,6 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+#: Normalization layers whose output is invariant to a positive scaling of their input (up to their
+#: eps): BatchNorm and InstanceNorm (`_NormBase`), GroupNorm, LayerNorm and, where torch has it,
+#: RMSNorm. Their affine parameters form the `bn` group (`optim.group_of`).
+NORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+if hasattr(nn, "RMSNorm"):
+    NORM_TYPES = NORM_TYPES + (nn.RMSNorm,)
+
 # TF truncated_normal cuts at 2 std; its variance is 0.87962566^2 of the untruncated one.
 _TRUNC_STD = 0.87962566103423978
 
@@ -170,13 +177,3 @@ def conv_sqsum(model: nn.Module) -> float:
     return float(
         sum(m.weight.detach().float().pow(2).sum() for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd))
     )
-
-
-def set_bn(model: nn.Module, momentum: float | None = None, eps: float | None = None) -> None:
-    """Set the momentum (PyTorch convention: 1 - TF decay) and/or eps of every BN layer."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if momentum is not None:
-                m.momentum = momentum
-            if eps is not None:
-                m.eps = eps

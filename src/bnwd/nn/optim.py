@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from bnwd.nn.models import NORM_TYPES
+
 GROUPS = ("conv", "bn", "head")
 
 
@@ -19,9 +21,16 @@ def group_of(module: nn.Module) -> str:
     """`conv` for conv kernels, `bn` for normalization affine params, `head` for the rest."""
     if isinstance(module, nn.modules.conv._ConvNd):
         return "conv"
-    if isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+    if isinstance(module, NORM_TYPES):
         return "bn"
     return "head"
+
+
+def parameter_group(module: nn.Module, pname: str) -> str:
+    """The group of `module`'s own parameter `pname`: `group_of(module)`, except that a conv's
+    parameters other than its kernel (a bias) are `head`."""
+    g = group_of(module)
+    return "head" if g == "conv" and pname != "weight" else g
 
 
 def param_groups(model: nn.Module, weight_decay: float | Mapping[str, float] = 0.0) -> list[dict]:
@@ -42,10 +51,7 @@ def param_groups(model: nn.Module, weight_decay: float | Mapping[str, float] = 0
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            g = group_of(module)
-            if g == "conv" and pname != "weight":
-                g = "head"
-            buckets[g].append((f"{mname}.{pname}" if mname else pname, p))
+            buckets[parameter_group(module, pname)].append((f"{mname}.{pname}" if mname else pname, p))
     return [
         {"name": g, "params": [p for _, p in ps], "param_names": [n for n, _ in ps], "weight_decay": wd.get(g, 0.0)}
         for g, ps in buckets.items()

@@ -63,13 +63,12 @@ import torch.nn as nn
 from bnwd.errors import ConfigError
 from bnwd.nn import theory
 from bnwd.nn.exact import decay_scales
+from bnwd.nn.invariance import find_scale_invariant
+from bnwd.nn.optim import GROUPS, param_groups, parameter_group
 
 SCHEDULES = ("step", "cosine", "constant", "points")
 OPTIMIZERS = ("sgd", "adamw")
 REACHED, PARTLY = 3.0, 1.0  # relaxation times per stage for "yes" / "partly"
-
-
-# --------------------------------------------------------------------------- schedules
 
 
 def _num(x: Any, what: str, lo: float | None = 0.0, strict: bool = False) -> float:
@@ -159,9 +158,6 @@ def schedule_lrs(
     return lrs, sorted(starts)
 
 
-# --------------------------------------------------------------------------- the plan
-
-
 @dataclass
 class Plan:
     """The result of `plan` / `plan_groups` (module docstring for every quantity).
@@ -183,7 +179,6 @@ class Plan:
     curves: dict = field(repr=False)
     warnings: list[str]
 
-    # ------------------------------------------------------------------ output
     def to_dict(self, curve_points: int = 200) -> dict:
         """JSON-safe: everything, with the curves sampled at <= `curve_points` steps (and the last)."""
         T = self.settings["steps"]
@@ -428,13 +423,10 @@ def plan_groups(
         for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))
     ]
     names = {id(p): n for n, p in model.named_parameters()}
-    from bnwd.nn.optim import group_of
-
     module_group = {}
     for _mname, m in model.named_modules():
         for pname, p in m.named_parameters(recurse=False):
-            g = group_of(m)
-            module_group.setdefault(id(p), "head" if g == "conv" and pname != "weight" else g)
+            module_group.setdefault(id(p), parameter_group(m, pname))
     grows, lrows, lr_curves, mult = [], [], {}, {}
     for gi, g in enumerate(groups):
         gname = str(g.get("name") or f"group {gi}")
@@ -598,8 +590,6 @@ def check_optimizer(
     optimizer: str, momentum: float, betas: Sequence[float], weight_decay: float | Mapping[str, float]
 ) -> float | dict[str, float]:
     """Refuse bad optimizer settings (ConfigError); return the weight decay as a float or {group: float}."""
-    from bnwd.nn.optim import GROUPS
-
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer!r}: one of {', '.join(OPTIMIZERS)}")
     if optimizer == "sgd" and not 0 <= _num(momentum, "momentum") < 1:
@@ -645,13 +635,9 @@ def plan(
     skips the numerical test; otherwise `find_scale_invariant(model, example_input)` decides
     (example_input default: randn(8, 3, 32, 32)).
     """
-    from bnwd.nn.optim import param_groups
-
     wd = check_optimizer(optimizer, momentum, betas, weight_decay)
     lrs, starts = schedule_lrs(schedule, lr, steps_per_epoch, epochs, milestones, gamma, warmup_epochs, min_lr, stages)
     if invariant is None:
-        from bnwd.nn.invariance import find_scale_invariant
-
         if example_input is None:
             example_input = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         invariant = find_scale_invariant(model, example_input)
@@ -679,9 +665,6 @@ def plan(
         model_name=model_name or type(model).__name__,
         schedule_name=name,
     )
-
-
-# --------------------------------------------------------------------------- from a torch optimizer
 
 
 class _Shadow(torch.optim.Optimizer):
