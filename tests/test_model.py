@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from bnwd.nn.models import conv_sqsum, resnet, resnet20
+from bnwd.nn.models import NORM_TYPES, conv_sqsum, resnet, resnet20
+from bnwd.nn.optim import group_of, param_groups
 
 
 def test_resnet20_structure():
@@ -118,3 +119,16 @@ def test_folded_copy_is_the_same_function_in_eval_mode():
         x = torch.randn(8, 3, 32, 32).contiguous(memory_format=fmt)
         torch.testing.assert_close(f(x), m.eval()(x), rtol=1e-4, atol=1e-5)
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+
+
+def test_groups_of_norm_layers_and_conv_biases():
+    """Every normalization layer of NORM_TYPES (RMSNorm included) puts its affine parameters in
+    `bn`; a conv's kernel is `conv`, its bias `head` (only the kernel is scale-invariant)."""
+    norms = [torch.nn.BatchNorm2d(4), torch.nn.GroupNorm(2, 4), torch.nn.LayerNorm(4), torch.nn.InstanceNorm2d(4)]
+    if hasattr(torch.nn, "RMSNorm"):
+        norms.append(torch.nn.RMSNorm(4))
+    for m in norms:
+        assert isinstance(m, NORM_TYPES) and group_of(m) == "bn", type(m).__name__
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=True), *norms[:1], torch.nn.Linear(4, 2))
+    named = {g["name"]: g["param_names"] for g in param_groups(model, 1e-4)}
+    assert named == {"conv": ["0.weight"], "bn": ["1.weight", "1.bias"], "head": ["0.bias", "2.weight", "2.bias"]}
