@@ -54,13 +54,6 @@ def test_pred_xz_pack_unpack_and_damage(tmp_path):
     assert not (tmp_path / "u2" / pack_data.ARCHIVE).exists()
 
 
-def test_first_difference_names_the_row_and_key():
-    a = b'{"step": 5, "x": 1.0}\n{"step": 10, "x": 2.0}\n'
-    b = b'{"step": 5, "x": 1.0}\n{"step": 10, "x": 2.5}\n'
-    assert "row 1 (step 10): x 2.0 vs 2.5" in stage1._first_difference(a, b)
-    assert "2 rows split vs 1 unsplit" in stage1._first_difference(a, a.splitlines(True)[0])
-
-
 @pytest.mark.timeout(420)
 def test_rehearsal_split_equals_unsplit(tmp_path):
     """`bash benchmarks/gpu_stage1.sh --rehearse`: 3 data chunks (one per simulated device call),
