@@ -142,6 +142,38 @@ def test_logged_factor_and_eff_lr_are_what_was_applied(tmp_path, fake_data, base
     tr.monitor.remove()
 
 
+@pytest.mark.timeout(600)
+def test_lr_scaled_reference_factor_is_s_over_s_ref_in_every_row(tmp_path, fake_data, baseline_ref):
+    """`train` with lr_scaling=reference (global) logs in every row n (after step n) the factor of its
+    last step, f = S_(n-1) / S_ref((n-1) / spe): S_(n-1) the run's sum of squared conv weights before
+    that step, S_ref the baseline's, interpolated in epochs (its initial sum at epoch 0). The row has
+    S_n, after the step; per conv layer ||wa|| <= ||wb|| + ||s|| = ||wb|| (1 + r) and ||wa|| >=
+    ||wb|| (1 - r), with r = ||s|| / ||wb|| that layer's last relative step (rel_step_last), so with
+    r the largest of them S_n / (1 + r)^2 <= f S_ref <= S_n / (1 - r)^2 (float32 slack 1e-5). A
+    folder that is not a finished baseline is refused."""
+    T.train(cfg(variant="lr_scaled", reference=str(baseline_ref)), tmp_path / "ls", dataset=fake_data, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "ls" / "metrics.jsonl").read_text().splitlines()]
+    base = [json.loads(x) for x in (baseline_ref / "metrics.jsonl").read_text().splitlines()]
+    s0 = json.loads((baseline_ref / "summary.json").read_text())["initial_conv_sqsum"]
+    spe = json.loads((tmp_path / "ls" / "config.json").read_text())["steps_per_epoch"]
+    assert rows and all("lr_factor" in r for r in rows)
+    for r in rows:
+        s_ref = np.interp(
+            (r["step"] - 1) / spe, [0.0] + [b["epoch"] for b in base], [s0] + [b["conv_sqsum"] for b in base]
+        )
+        rel = max(v for k, v in r.items() if k.startswith("rel_step_last/conv/"))
+        lo, hi = r["conv_sqsum"] / (1 + rel) ** 2, r["conv_sqsum"] / (1 - rel) ** 2
+        assert lo * (1 - 1e-5) <= r["lr_factor"] * s_ref <= hi * (1 + 1e-5), (
+            r["step"],
+            r["lr_factor"],
+            lo / s_ref,
+            hi / s_ref,
+        )
+    assert max(abs(r["lr_factor"] - 1) for r in rows) > 1e-3  # the factor moved: it is not a constant 1
+    with pytest.raises(ConfigError, match="not a finished baseline"):
+        T.train(cfg(variant="lr_scaled", reference=str(tmp_path)), tmp_path / "x", dataset=fake_data, progress=False)
+
+
 def test_adamw_lr_scaled_scales_the_conv_lr_by_sqrt_factor(tmp_path, fake_data):
     """With AdamW the factor sqrt(S / S_ref) multiplies the conv group's lr (a gradient factor would
     cancel in m / sqrt(v)); gradients are left alone."""

@@ -277,17 +277,6 @@ def test_cli_train_writes_run(tmp_path, fake_data_dir, capsys):
     assert "test acc" in capsys.readouterr().out
 
 
-def test_lr_scaled_reference_tracks_baseline_factor(tmp_path, fake_data):
-    """lr_scaled with lr_scaling=reference multiplies conv grads by S(t)/S_ref(t); the factor is logged."""
-    base = tmp_path / "base"
-    T.train(cfg(), base, dataset=fake_data, progress=False)
-    T.train(cfg(variant="lr_scaled", reference=str(base)), tmp_path / "ls", dataset=fake_data, progress=False)
-    rows = metrics(tmp_path / "ls")
-    assert all("lr_factor" in r for r in rows) and rows[0]["lr_factor"] != 1.0
-    with pytest.raises(ConfigError, match="not a finished baseline"):
-        T.train(cfg(variant="lr_scaled", reference=str(tmp_path)), tmp_path / "x", dataset=fake_data, progress=False)
-
-
 def test_cli_corrupt_archive_one_line_error(tmp_path, capsys):
     """A truncated archive through the CLI: exit 1, one line naming the file, no traceback."""
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
