@@ -422,7 +422,16 @@ def test_a_stop_while_waiting_for_the_reference_checkpoints_a_whole_step(tmp_pat
     (tmp_path / "ls").mkdir()
     tr = T.Trainer(c, tmp_path / "ls", dataset=fake_data, progress=False)
     first_missing = next(s for s in range(tr.total_steps) if s / tr.spe > 0.5)
-    threading.Timer(1.5, lambda: setattr(tr, "_stop_signal", "SIGTERM")).start()
+    wait_for = tr.reference.wait_for
+
+    def signal_half_a_second_into_the_wait(epoch, stopped=None):
+        # the baseline never writes the row this epoch needs: the run waits here, however slowly
+        # a loaded machine got here (a fixed timer from the start could stop it before)
+        if epoch > 0.5 and stopped is not None:
+            threading.Timer(0.5, lambda: setattr(tr, "_stop_signal", "SIGTERM")).start()
+        return wait_for(epoch, stopped)
+
+    tr.reference.wait_for = signal_half_a_second_into_the_wait
     with pytest.raises(T.Interrupted, match=f"SIGTERM at step {first_missing}/"):
         tr.run()
     assert load_checkpoint(tmp_path / "ls" / "checkpoint.pt")["step"] == first_missing
