@@ -17,7 +17,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common_train(p: argparse.ArgumentParser) -> None:
-    _data_device(p)
+    _run_options(p)
     p.add_argument(
         "overrides",
         nargs="*",
@@ -26,7 +26,7 @@ def _common_train(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _data_device(p: argparse.ArgumentParser) -> None:
+def _run_options(p: argparse.ArgumentParser) -> None:
     """--data, --device, --no-progress and --preset: every command that trains."""
     from bnwd.run.config import PRESETS
 
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--yes", action="store_true", help=f"allow a grid of more than {10_000:,} runs")
     sw.add_argument("--force", action="store_true", help="replace another sweep's record in OUT")
     sw.add_argument("--plot", default=None, metavar="SWEEP", help="only redraw summary and figures of SWEEP")
-    _data_device(sw)
+    _run_options(sw)
 
     pl = sub.add_parser("plot", help="redraw figures (and summary/report) from finished runs")
     pl.add_argument("runs", nargs="+", help="run directories (or folders containing them)")
