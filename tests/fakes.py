@@ -129,14 +129,14 @@ def benchmark_script(name: str):
 def die_once(spec, out, data, force=False):
     """A run whose first attempt kills its worker process outright (as the OOM killer or a crash in
     native code would): the marker file makes the second attempt train normally."""
-    from bnwd.batch.sweep import run_spec
+    from bnwd.batch.engine import train_run
 
     marker = Path(out) / f"{spec.name}.died"
     if spec.name.endswith("s1") and not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("")
         os._exit(9)
-    return run_spec(spec, out, data, force)
+    return train_run(spec, out, data, force)
 
 
 def always_die(spec, out, data, force=False):

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+import bnwd.batch.engine as G
 import bnwd.batch.reproduce as E
 import bnwd.batch.sweep as S
 import bnwd.run.data as D
@@ -159,8 +160,8 @@ def test_lr_milestones_must_increase(value, tmp_path, capsys):
 @pytest.mark.parametrize("cmd", ["reproduce", "sweep"])
 @pytest.mark.parametrize("where", ["file", "below_a_file"])
 def test_out_that_is_a_file_is_refused_before_anything_starts(cmd, where, tmp_path, fake_data_dir, monkeypatch, capsys):
-    monkeypatch.setattr(S, "run_local", lambda *a, **kw: pytest.fail("workers started"))
-    monkeypatch.setattr(E, "run_waves", lambda *a, **kw: pytest.fail("workers started"))
+    monkeypatch.setattr(G, "run_local", lambda *a, **kw: pytest.fail("workers started"))
+    monkeypatch.setattr(G, "run_ray", lambda *a, **kw: pytest.fail("workers started"))
     f = tmp_path / "taken"
     f.write_text("mine")
     out = f if where == "file" else f / "sub"
@@ -238,11 +239,11 @@ def test_optimizer_help_names_all_three(capsys):
     assert "sgd | adam | adamw" in capsys.readouterr().out
 
 
-# ------------------------------------------------------------------ 10. overrides typed before run_waves
+# ------------------------------------------------------------------ 10. overrides typed before the engine
 
 
 def test_reproduce_overrides_are_typed_before_the_waves(tmp_path, fake_data_dir, monkeypatch, capsys):
-    """`threads=1` from the command line reaches run_waves as the int 1: its progress line compares it."""
+    """`threads=1` from the command line reaches the engine as the int 1: its progress line compares it."""
 
     class Started(Exception):
         pass
@@ -251,7 +252,7 @@ def test_reproduce_overrides_are_typed_before_the_waves(tmp_path, fake_data_dir,
         assert all(s.overrides["threads"] == 1 for s in specs)
         raise Started
 
-    monkeypatch.setattr(S, "run_local", fake_run_local)
+    monkeypatch.setattr(G, "run_local", fake_run_local)
     with pytest.raises(Started):
         main(
             ["reproduce", "--preset", "smoke", "--data", str(fake_data_dir), "--out", str(tmp_path / "o"),

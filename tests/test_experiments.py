@@ -146,29 +146,35 @@ def test_finished_runs_take_no_place_in_a_wave(tmp_path, fake_data_dir):
     assert (tmp_path / "runs/lr_scaled-s0/metrics.jsonl").read_text() == before
 
 
-def test_waves_put_lr_scaled_after_every_baseline_it_reads():
-    """lr_scaling=reference: lr_scaled reads its seed's baseline, so without `follow` it waits in a
-    second wave; without a reference every run can start at once."""
-    from bnwd.batch.reproduce import follows, plan_waves
+def test_lr_scaled_runs_after_every_baseline_it_reads(tmp_path):
+    """lr_scaling=reference: lr_scaled reads its seed's baseline, so without `follow` it runs
+    `after` it, in the engine's second level; without a reference every run can start at once."""
+    from bnwd.batch.engine import levels
+    from bnwd.batch.reproduce import follows, plan_specs
 
     runs = ["baseline", "no_conv_l2", "lr_scaled"]
-    assert plan_waves([0, 1], runs, reads_baseline=True) == [
-        [("baseline", 0), ("baseline", 1), ("no_conv_l2", 0), ("no_conv_l2", 1)],
-        [("lr_scaled", 0), ("lr_scaled", 1)],
-    ]
-    assert plan_waves([0], runs, reads_baseline=False) == [[("baseline", 0), ("no_conv_l2", 0), ("lr_scaled", 0)]]
-    # following its baseline as both train (when a seed's runs fit the jobs at once): one wave,
-    # each lr_scaled right after its baseline
+
+    def plan(seeds, reads, follow=False, view=False):
+        specs = plan_specs("smoke", seeds, runs, view, {}, tmp_path, reads, follow)
+        return [[s.name for s in lv] for lv in levels(specs)], specs
+
+    names, specs = plan([0, 1], True)
+    assert names == [["baseline-s0", "baseline-s1", "no_conv_l2-s0", "no_conv_l2-s1"], ["lr_scaled-s0", "lr_scaled-s1"]]
+    assert {s.name: s.after for s in specs}["lr_scaled-s1"] == "baseline-s1"
+    assert plan([0], False)[0] == [["baseline-s0", "no_conv_l2-s0", "lr_scaled-s0"]]
+    # following its baseline as both train (when a seed's runs fit the jobs at once): one level,
+    # each lr_scaled right after its baseline, waiting for its sample points
     assert follows(runs, True, 3) and not follows(runs, True, 2) and not follows(runs, False, 8)
-    assert plan_waves([0, 1], runs, reads_baseline=True, follow=True) == [
-        [("baseline", 0), ("lr_scaled", 0), ("no_conv_l2", 0), ("baseline", 1), ("lr_scaled", 1), ("no_conv_l2", 1)]
-    ]
+    names, specs = plan([0, 1], True, follow=True, view=True)
+    assert names == [["baseline-s0", "lr_scaled-s0", "no_conv_l2-s0", "baseline-s1", "lr_scaled-s1", "no_conv_l2-s1"]]
+    scaled = {s.name: s for s in specs}["lr_scaled-s0"]
+    assert scaled.overrides["reference_wait"] > 0 and scaled.view == "lr_scaled_bn098-s0"
 
 
 def test_jobs_auto_is_one_run_per_core_within_memory(monkeypatch):
     """--jobs auto on CPU: min(usable cores, free memory / RUN_MEMORY_GB), at least 1; a number is
     taken as it is; anything else is refused in one line."""
-    from bnwd.batch import sweep
+    from bnwd.batch import engine as sweep
 
     monkeypatch.setattr(sweep, "usable_cores", lambda: 16)
     monkeypatch.setattr(sweep, "_free_memory_gb", lambda: 7.0)

@@ -15,6 +15,7 @@ import torch.nn as nn
 import tvlike
 from test_exact import BATCHES, LR, MU, WD, XS, logits, net
 
+from bnwd.analysis.article import ARTICLE_CONFIG, dimensionless
 from bnwd.cli import main
 from bnwd.errors import ConfigError
 from bnwd.nn import theory
@@ -149,7 +150,7 @@ def test_adamw_multiplier_exact_when_adam_is_scale_free():
 def test_article_numbers_and_theory():
     """delta, tau and relaxation times per stage equal theory's and the article's: 0.0046 rad/step
     and 2,500 steps at lr 0.1, wd 2e-4, momentum 0.9; relaxation times 7.8 / 0.78 / 0.078
-    (= theory.dimensionless of the article's config); equilibrium in stage 1 only."""
+    (= analysis.article.dimensionless of the article's config); equilibrium in stage 1 only."""
     p = article_plan()
     conv = {g["name"]: g for g in p.groups}["conv"]
     assert (conv["n_clock"], conv["n_regularizer"]) == (22, 0)
@@ -163,7 +164,7 @@ def test_article_numbers_and_theory():
     assert s1["delta"] == pytest.approx(0.0046, abs=5e-5) and s1["tau_steps"] == pytest.approx(2500)
     relax = [st["relaxation"] for st in conv["stages"]]
     np.testing.assert_allclose(relax, [7.8, 0.78, 0.078], rtol=1e-9)
-    np.testing.assert_allclose(relax, theory.dimensionless(theory.ARTICLE_CONFIG)["relaxation"], rtol=1e-9)
+    np.testing.assert_allclose(relax, dimensionless(ARTICLE_CONFIG)["relaxation"], rtol=1e-9)
     assert [st["equilibrium"] for st in conv["stages"]] == ["yes", "no", "no"]
     assert [(s["start"], s["steps"]) for s in p.stages] == [(0, 19_500), (19_500, 19_500), (39_000, 19_500)]
     # delta^2 tau = (1 - mu)/(1 + mu) (docs/theory.md)

@@ -8,12 +8,12 @@ import re
 import numpy as np
 import pytest
 
-from bnwd.analysis.claims import evaluate, one_sample, seeds_needed, welch
+from bnwd.analysis.claims import evaluate
+from bnwd.analysis.equilibrium import equilibrium_angular_update
 from bnwd.analysis.plots import (
     FIGURES,
     aggregate,
     by_variant,
-    equilibrium_angular_update,
     figures,
     load_run,
     load_runs,
@@ -22,6 +22,7 @@ from bnwd.analysis.plots import (
     plot_test_acc,
 )
 from bnwd.analysis.report import summarize, theory_by_stage, write_report, write_summary
+from bnwd.analysis.stats import one_sample, seeds_needed, welch
 from bnwd.errors import BnwdError
 
 VARIANTS = ["baseline", "no_conv_l2", "lr_scaled", "lr_scaled_bn098", "lr_exact"]
@@ -499,7 +500,8 @@ def test_equilibrium_sqsum_from_measured_gradient_scale(tmp_path):
     """SGD+L2: per layer ||w*||^2 = sqrt(L lr / (wd (1 - mu) (2 - wd lr / (1 + mu)))), L the logged
     grad_sq_unit_ema; the conv sum adds the layers. A run without those metrics, or not a baseline,
     gets no line."""
-    from bnwd.analysis.plots import Run, equilibrium_sqsum
+    from bnwd.analysis.equilibrium import equilibrium_sqsum
+    from bnwd.analysis.runs import Run
 
     cfg = {"variant": "baseline", "weight_decay": 5e-3, "momentum": 0.9, "optimizer": "sgd"}
     rows = [
@@ -533,7 +535,8 @@ def test_equilibrium_sqsum_from_measured_gradient_scale(tmp_path):
 def test_equilibrium_sqsum_adamw_needs_no_gradient_scale(tmp_path):
     """AdamW: ||w*||^2 = lr dim / (2 wd) per layer, dims from the config's network (ResNet-8
     width 4 here): the sum over conv kernels is lr * (number of conv weights) / (2 wd)."""
-    from bnwd.analysis.plots import Run, equilibrium_sqsum
+    from bnwd.analysis.equilibrium import equilibrium_sqsum
+    from bnwd.analysis.runs import Run
     from bnwd.nn.models import resnet
 
     cfg = {"variant": "baseline", "weight_decay": 0.05, "momentum": 0.9, "optimizer": "adamw", "depth": 8, "width": 4}

@@ -141,10 +141,10 @@ def test_other_grid_in_same_folder_refused(tmp_path, fake_data_dir, capsys):
 
 def test_failed_run_retried_then_reported(tmp_path, fake_data_dir, monkeypatch, capsys):
     """A run that fails twice is reported with its error in the summary, never dropped; exit 1."""
-    from bnwd.batch import sweep as S
+    from bnwd.batch import engine as G
 
     calls = []
-    real = S.run_spec
+    real = G.train_run
 
     def flaky(spec, out, data, force=False):
         calls.append(spec.name)
@@ -152,7 +152,7 @@ def test_failed_run_retried_then_reported(tmp_path, fake_data_dir, monkeypatch, 
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real(spec, out, data, force)
 
-    monkeypatch.setattr(S, "run_spec", flaky)
+    monkeypatch.setattr(G, "train_run", flaky)
     out = tmp_path / "sw"
     assert sweep_cli(out, fake_data_dir, "--jobs", "1", grid=["lr=0.1,0.2"], fixed=[*FIXED, "epochs=0.5"]) == 1
     r = {x["run"]: x for x in rows(out)}
@@ -245,7 +245,7 @@ def test_reproduce_on_ray_equals_local(tmp_path, fake_data_dir):
 def test_run_progress_reads_each_runs_last_sample_point(tmp_path):
     """The pool's bar shows, per running run, the last logged step over config.json's total_steps;
     a run that has not written its config yet is 'starting'."""
-    from bnwd.batch.sweep import _run_progress
+    from bnwd.batch.engine import _run_progress
 
     rd = tmp_path / "runs" / "baseline-s0"
     rd.mkdir(parents=True)
@@ -262,7 +262,7 @@ def test_a_dead_worker_breaks_no_run(tmp_path, fake_data_dir):
     and every run it held trains again, so all four runs finish."""
     from fakes import die_once
 
-    from bnwd.batch.sweep import run_local
+    from bnwd.batch.engine import run_local
 
     fixed = {"threads": 1, "epochs": 0.5, "train_subset": 0, "test_subset": 0}
     specs = expand(parse_grid(["lr=0.1,0.2"]), [0, 1], "smoke", "baseline", fixed)
@@ -276,7 +276,7 @@ def test_a_run_that_kills_every_pool_is_reported_not_retried_forever(tmp_path):
     """A pool is rebuilt at most once per run: runs whose workers always die end as failed."""
     from fakes import always_die
 
-    from bnwd.batch.sweep import run_local
+    from bnwd.batch.engine import run_local
 
     specs = expand(parse_grid(["lr=0.1,0.2"]), [0], "smoke", "baseline", {})
     res = run_local(specs, tmp_path, None, jobs=2, progress=False, fn=always_die)
@@ -287,7 +287,7 @@ def test_a_run_that_kills_every_pool_is_reported_not_retried_forever(tmp_path):
 def test_a_run_given_up_on_is_marked_failed_and_the_mark_cleared_on_the_next_call(tmp_path):
     """run_local writes RUN/failed.txt with the error of a run it gives up on (a reader of that run
     stops waiting: `train.ReferenceNorms`), and removes it before it runs that run again."""
-    from bnwd.batch.sweep import run_local
+    from bnwd.batch.engine import run_local
 
     specs = expand(parse_grid(["lr=0.1"]), [0], "smoke", "baseline", {})
     mark = tmp_path / "runs" / specs[0].name / "failed.txt"

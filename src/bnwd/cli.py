@@ -17,7 +17,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common_train(p: argparse.ArgumentParser) -> None:
-    _data_device(p)
+    _run_options(p)
     p.add_argument(
         "overrides",
         nargs="*",
@@ -26,7 +26,10 @@ def _common_train(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _data_device(p: argparse.ArgumentParser) -> None:
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """--data, --device, --no-progress and --preset: every command that trains."""
+    from bnwd.run.config import PRESETS
+
     p.add_argument(
         "--data",
         default=None,
@@ -34,6 +37,23 @@ def _data_device(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} ({PRESET_RULE})")
+
+
+def _many_runs(p: argparse.ArgumentParser) -> None:
+    """Seeds, jobs and the engine: the commands that train many runs (reproduce, sweep)."""
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds: 0..N-1 (default 1)")
+    p.add_argument("--seed-list", default=None, help="comma-separated seeds instead, e.g. 10,11,12 (7: seed 7 alone)")
+    p.add_argument(
+        "--jobs",
+        default="auto",
+        help="local engine: runs trained at once in separate processes, CPU threads split between them "
+        "(default auto: one per core on CPU, up to 8 sharing a GPU)",
+    )
+    p.add_argument("--engine", default="local", choices=["local", "ray"], help="local processes or Ray tasks")
+    p.add_argument("--address", default=None, help="Ray cluster address (ray://host:10001 or host:6379)")
+    p.add_argument("--gpus-per-run", type=float, default=None, help="ray: num_gpus per run (default 0.25 on GPU)")
+    p.add_argument("--cpus-per-run", type=float, default=None, help="ray: num_cpus per run (default 1)")
 
 
 # One rule for every command that takes --preset.
@@ -51,7 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one run into a run directory")
     t.add_argument("--variant", default="baseline", help=f"one of {', '.join(VARIANTS)}")
-    t.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} ({PRESET_RULE})")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
@@ -75,19 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_train(t)
 
     r = sub.add_parser("reproduce", help="the article's four runs (x seeds), figures, summary and report")
-    r.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} ({PRESET_RULE})")
-    r.add_argument("--seeds", type=int, default=None, help="number of seeds: 0..N-1 (default 1)")
-    r.add_argument("--seed-list", default=None, help="comma-separated seeds instead, e.g. 10,11,12 (7: seed 7 alone)")
-    r.add_argument(
-        "--jobs",
-        default="auto",
-        help="runs trained at once in separate processes, CPU threads split between them "
-        "(default auto: one per core on CPU, up to 8 sharing a GPU)",
-    )
-    r.add_argument("--engine", default="local", choices=["local", "ray"], help="local processes or Ray tasks")
-    r.add_argument("--address", default=None, help="Ray cluster address (ray://host:10001 or host:6379)")
-    r.add_argument("--gpus-per-run", type=float, default=None, help="ray: num_gpus per seed (default 0.25 on GPU)")
-    r.add_argument("--cpus-per-run", type=float, default=None, help="ray: num_cpus per seed (default 1)")
+    _many_runs(r)
     r.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
     r.add_argument("--optimizer", default="sgd", help="sgd | adam | adamw (default sgd)")
     r.add_argument(
@@ -106,22 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--grid", nargs="+", default=None, metavar="KEY=V1,V2", help="axes, e.g. lr=0.05,0.1 width=8,16")
     sw.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="fixed config overrides for every run")
-    sw.add_argument("--seeds", type=int, default=None, help="number of seeds: 0..N-1 (default 1)")
-    sw.add_argument("--seed-list", default=None, help="comma-separated seeds instead")
     sw.add_argument("--variant", default="baseline", help=f"one of {', '.join(VARIANTS)} (default baseline)")
-    sw.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} ({PRESET_RULE})")
     sw.add_argument("--out", default=None, help="sweep folder")
-    sw.add_argument("--engine", default="local", choices=["local", "ray"], help="local process pool or Ray")
-    sw.add_argument("--address", default=None, help="Ray cluster address (ray://host:10001 or host:6379)")
-    sw.add_argument(
-        "--jobs", default="auto", help="local engine: runs at once, CPU threads split (default auto: one per core)"
-    )
-    sw.add_argument("--gpus-per-run", type=float, default=None, help="ray: num_gpus per run (default 0.25 on GPU)")
-    sw.add_argument("--cpus-per-run", type=float, default=None, help="ray: num_cpus per run (default 1)")
+    _many_runs(sw)
     sw.add_argument("--yes", action="store_true", help=f"allow a grid of more than {10_000:,} runs")
     sw.add_argument("--force", action="store_true", help="replace another sweep's record in OUT")
     sw.add_argument("--plot", default=None, metavar="SWEEP", help="only redraw summary and figures of SWEEP")
-    _data_device(sw)
+    _run_options(sw)
 
     pl = sub.add_parser("plot", help="redraw figures (and summary/report) from finished runs")
     pl.add_argument("runs", nargs="+", help="run directories (or folders containing them)")
@@ -193,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from bnwd.batch.reproduce import default_preset
+    from bnwd.batch.engine import default_preset
     from bnwd.run.config import make_config, parse_overrides
     from bnwd.run.data import load_cifar10
     from bnwd.run.trainer import pick_device, train
@@ -297,7 +295,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from bnwd.batch.reproduce import find_runs, write_outputs
+    from bnwd.analysis.report import write_outputs
+    from bnwd.analysis.runs import find_runs
 
     runs = find_runs([Path(r) for r in args.runs])
     res = write_outputs(runs, Path(args.out))
@@ -396,7 +395,6 @@ def _float(text: str, what: str) -> float:
 def cmd_plan(args) -> int:
     import torch
 
-    from bnwd.errors import one_line
     from bnwd.nn.invariance import find_scale_invariant, load_factory
     from bnwd.nn.plan import plan
 

@@ -33,97 +33,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from bnwd.analysis.runs import Run, by_variant
+from bnwd.analysis.stats import Effect, NoData, one_sample, seeds_needed, seeds_needed_range
 from bnwd.run.rundir import plateau
-
-Z = 0.975  # two-sided 95%
-
-
-def t_quantile(df: float) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(Z, df))
-
-
-@dataclass
-class Effect:
-    estimate: float
-    lo: float
-    hi: float
-    n: int  # samples behind the CI (seeds, or sample points / layers with one seed)
-    method: str
-    numbers: dict = field(default_factory=dict)
-    spread: tuple[float, ...] = ()  # std(s) for the seeds-needed estimate
-    paired: bool = False
-
-
-def one_sample(x, method: str, numbers: dict | None = None) -> Effect:
-    """Mean of `x` with a t interval (n - 1 degrees of freedom)."""
-    a = np.asarray([v for v in x if math.isfinite(v)], dtype=float)
-    n = len(a)
-    if n == 0:
-        raise ValueError("no finite values")
-    m = float(a.mean())
-    if n < 2:
-        return Effect(m, -math.inf, math.inf, n, method, numbers or {}, (), True)
-    sd = float(a.std(ddof=1))
-    h = t_quantile(n - 1) * sd / math.sqrt(n)
-    return Effect(m, m - h, m + h, n, method, numbers or {}, (sd,), True)
-
-
-def welch(a, b, method: str, numbers: dict | None = None) -> Effect:
-    """mean(a) - mean(b) with Welch's t interval (Welch-Satterthwaite degrees of freedom)."""
-    a = np.asarray([v for v in a if math.isfinite(v)], dtype=float)
-    b = np.asarray([v for v in b if math.isfinite(v)], dtype=float)
-    if not len(a) or not len(b):
-        raise ValueError("no finite values")
-    d = float(a.mean() - b.mean())
-    n = min(len(a), len(b))
-    if len(a) < 2 or len(b) < 2:
-        return Effect(d, -math.inf, math.inf, n, method, numbers or {})
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return Effect(d, d, d, n, method, numbers or {}, (0.0, 0.0))
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    h = t_quantile(df) * se
-    return Effect(d, d - h, d + h, n, method, numbers or {}, (float(a.std(ddof=1)), float(b.std(ddof=1))))
-
-
-def seeds_needed(e: Effect, distance: float, cap: int = 1000, power: float = 0.8) -> int | None:
-    """Seeds (per variant for Welch) at which a 5% two-sided test has `power` against an effect of
-    size `distance` at the measured spread; None without a measured spread."""
-    if not e.spread or not distance > 0 or not all(math.isfinite(s) for s in e.spread):
-        return None
-    from scipy.stats import t
-
-    var = sum(s * s for s in e.spread)
-    for n in range(2, cap + 1):
-        df = n - 1 if e.paired else 2 * n - 2
-        if (t.ppf(Z, df) + t.ppf(power, df)) * math.sqrt(var / n) <= distance:
-            return n
-    return cap
-
-
-def seeds_needed_range(e: Effect, distance: float) -> tuple[int | None, int | None]:
-    """`seeds_needed` at the ends of the 95% chi-square interval of the measured sd (k seeds:
-    sd^2 (k-1) / chi2 quantiles), since a spread from few seeds is itself uncertain."""
-    if not e.spread or e.n < 2:
-        return None, None
-    from scipy.stats import chi2
-
-    k = e.n - 1
-    lo = math.sqrt(k / chi2.ppf(Z, k))
-    hi = math.sqrt(k / chi2.ppf(1 - Z, k))
-    scaled = lambda f: Effect(
-        e.estimate, e.lo, e.hi, e.n, e.method, spread=tuple(s * f for s in e.spread), paired=e.paired
-    )  # noqa: E731
-    return seeds_needed(scaled(lo), distance), seeds_needed(scaled(hi), distance)
-
 
 # ---------------------------------------------------------------- what a claim reads from runs
 
@@ -218,7 +134,7 @@ def _across(ra: Run, va: str, rb: Run, vb: str, lo: float, hi: float) -> np.ndar
     da, db = dict(zip(np.round(ea, 9), xa)), dict(zip(np.round(eb, 9), xb))
     sel = sorted(e for e in set(da) & set(db) if lo - 1e-9 <= e <= hi + 1e-9)
     if not sel:
-        raise ValueError(f"no common evaluation of {ra.variant} {ka} and {rb.variant} {kb} in epochs {lo:g}-{hi:g}")
+        raise NoData(f"no common evaluation of {ra.variant} {ka} and {rb.variant} {kb} in epochs {lo:g}-{hi:g}")
     return np.array([da[e] - db[e] for e in sel])
 
 
@@ -475,7 +391,7 @@ def evaluate(runs: list[Run]) -> list[dict]:
             continue
         try:
             e = c.compute(ctx)
-        except ValueError as err:  # a run without the evaluations the claim reads
+        except NoData as err:  # the runs lack the values the claim reads (any other error is a bug)
             item.update(verdict="no data", reason=str(err))
             out.append(item)
             continue

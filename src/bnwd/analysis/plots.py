@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bnwd.analysis.equilibrium import EQ_KEY, equilibrium_angular_update, lr_schedule, with_equilibrium_sqsum
 from bnwd.analysis.runs import Curve, Run, aggregate, by_variant, load_run, load_runs, mean_std  # noqa: F401 (re-exported)
 from bnwd.errors import BnwdError
+from bnwd.nn.optim import article_epoch, article_piecewise
 
 # Variant -> (color, line style). Baseline orange and no_conv_l2 blue as in the article.
 COLORS = {
@@ -175,39 +177,7 @@ def _curves(
     return fig
 
 
-# ---------------------------------------------------------------- theory
-
-
-def equilibrium_angular_update(lr, cfg: dict) -> np.ndarray | None:
-    """Equilibrium angular update per step of a scale-invariant weight at learning rate(s) `lr`.
-
-    SGD+L2: sqrt(2 lr wd / (1 + momentum)); AdamW: sqrt(2 lr wd (1 - b1) / (1 + b1)), b1 =
-    config `momentum` (0.9 by default). None for other optimizers or without weight decay.
-    """
-    lam = float(cfg.get("conv_weight_decay", cfg.get("weight_decay")) or 0.0)
-    mu = float(cfg.get("momentum", 0.9))
-    opt = cfg.get("optimizer", "sgd")
-    lr = np.atleast_1d(np.asarray(lr, dtype=float))
-    if lam <= 0 or opt not in ("sgd", "adamw") or not 0 <= mu < 1:
-        return None
-    from bnwd.nn import theory
-
-    fn = theory.sgd_equilibrium if opt == "sgd" else theory.adamw_equilibrium
-    return np.array([fn(float(x), lam, mu)["angular_update"] if x > 0 else 0.0 for x in lr])
-
-
-def lr_schedule(cfg: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    """(epochs, lr) of the config's step schedule as step-line vertices (lr `lr` times
-    `lr_gamma` after each milestone, `drawstyle="steps-post"`); None if the config lacks it."""
-    try:
-        lr0, E = float(cfg["lr"]), float(cfg["epochs"])
-        gamma = float(cfg.get("lr_gamma", 0.1))
-        ms = sorted(float(m) for m in cfg.get("lr_milestones") or [] if 0 < float(m) < E)
-    except (KeyError, TypeError, ValueError):
-        return None
-    x = np.array([0.0, *ms, E])
-    y = np.array([lr0 * gamma**k for k in range(len(ms) + 1)] + [lr0 * gamma ** len(ms)])
-    return x, y
+# ---------------------------------------------------------------- theory lines (`analysis.equilibrium`)
 
 
 def _theory_line(ax, runs: list[Run]) -> bool:
@@ -238,67 +208,6 @@ def _theory_line(ax, runs: list[Run]) -> bool:
         label="equilibrium prediction (SGD+L2)" if opt == "sgd" else "equilibrium prediction (AdamW)",
     )
     return True
-
-
-EQ_KEY = "conv_sqsum_eq"
-_GSQ = "grad_sq_unit_ema/conv/"
-
-
-def _conv_dims(cfg: dict) -> dict[str, int]:
-    from bnwd.nn.models import conv_numels
-
-    return conv_numels(int(cfg.get("depth", 20)), int(cfg.get("width", 16)))
-
-
-def equilibrium_sqsum(run: Run) -> np.ndarray | None:
-    """Per sample point, the sum over conv kernels of the equilibrium squared norm at that point's lr:
-    where ||w||^2 would settle if lr and the gradient scale stayed as they are.
-
-    SGD+L2: ||w*||^2 = sqrt(L lr / (wd (1 - mu) (2 - wd lr / (1 + mu)))) per layer, with
-    L = ||g||^2 ||w||^2 the layer's measured squared gradient at unit norm (`grad_sq_unit_ema`);
-    AdamW: ||w*||^2 = lr dim / (2 wd) (no gradient scale needed). None when the run has no
-    conv weight decay, another optimizer, or (SGD) no `grad_sq_unit` metrics.
-    """
-    from bnwd.nn import theory
-
-    cfg = run.config
-    lam, mu, opt = (
-        float(cfg.get("conv_weight_decay", cfg.get("weight_decay")) or 0.0),
-        float(cfg.get("momentum", 0.9)),
-        cfg.get("optimizer", "sgd"),
-    )
-    if run.variant != "baseline" or not lam > 0 or not 0 <= mu < 1 or opt not in ("sgd", "adamw"):
-        return None
-    lr = run.metrics.get("lr")
-    if lr is None:
-        return None
-    n = len(lr)
-    total = np.zeros(n)
-    if opt == "sgd":
-        keys = [k for k in run.metrics if k.startswith(_GSQ)]
-        if not keys:
-            return None
-        for k in keys:
-            for i, (L, eta) in enumerate(zip(run.metrics[k], lr)):
-                ok = np.isfinite(L) and np.isfinite(eta) and eta > 0
-                total[i] += theory.sgd_equilibrium(eta, lam, mu, grad_sq_unit=float(L))["sq_norm"] if ok else np.nan
-    else:
-        dims = _conv_dims(cfg)
-        for i, eta in enumerate(lr):
-            total[i] = sum(eta * d / (2 * lam) for d in dims.values()) if np.isfinite(eta) and eta > 0 else np.nan
-    return total
-
-
-def with_equilibrium_sqsum(runs: list[Run]) -> list[Run]:
-    """The baseline runs, each with `equilibrium_sqsum` as metric EQ_KEY; [] if any lacks it."""
-    base = by_variant(runs).get("baseline") or []
-    for r in base:
-        if EQ_KEY not in r.metrics:
-            eq = equilibrium_sqsum(r)
-            if eq is None:
-                return []
-            r.metrics[EQ_KEY] = eq
-    return base
 
 
 def _sqsum_theory_line(ax, runs: list[Run]) -> bool:
@@ -400,8 +309,6 @@ def plot_exact(runs: list[Run]):
 def _article_curve(cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     """The article's fit of the baseline's S(t)/S(0), i.e. 1 / p(epoch), its three 50-epoch lr
     stages mapped onto the run's stages one by one (`optim.article_epoch`)."""
-    from bnwd.nn.optim import article_epoch, article_piecewise
-
     E = float(cfg.get("epochs") or ARTICLE_EPOCHS)
     ms = cfg.get("lr_milestones") or [50.0, 100.0]
     x = np.linspace(0.0, E, 400)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -10,18 +9,22 @@ from pathlib import Path
 
 import numpy as np
 
+from bnwd.analysis.article import ARTICLE_CONFIG, dimensionless
 from bnwd.analysis.claims import STAGE1_FROM, describe, evaluate, final_acc
-from bnwd.analysis.plots import ARTICLE_EPOCHS, CAPTIONS, EQ_KEY, lr_schedule, with_equilibrium_sqsum
-from bnwd.analysis.runs import Run, aggregate, by_variant
+from bnwd.analysis.equilibrium import EQ_KEY, lr_schedule, with_equilibrium_sqsum
+from bnwd.analysis.plots import ARTICLE_EPOCHS, CAPTIONS, plot_all
+from bnwd.analysis.runs import Run, aggregate, by_variant, load_runs
+from bnwd.analysis.summary import write_summary_files
+from bnwd.errors import BnwdError
 from bnwd.nn import theory
-from bnwd.run.rundir import jsonable
+from bnwd.run.rundir import SUMMARY, atomic_write, jsonable
 
 # Numeric columns of a summary row, in table order.
 COLUMNS = ("final_test_acc", "final_train_loss", "final_test_loss", "gap", "final_conv_sqsum", "epochs", "wall_s")
 
 # The article's settings (tensorflow/models official resnet, as the article ran it) that the report compares.
 ARTICLE = {
-    k: theory.ARTICLE_CONFIG[k]
+    k: ARTICLE_CONFIG[k]
     for k in ("epochs", "lr", "lr_milestones", "lr_gamma", "batch_size", "momentum", "conv_weight_decay")
     + ("weight_decay", "conv_init_scale", "optimizer", "depth", "width", "bn_momentum", "train_subset", "test_subset")
 }
@@ -90,19 +93,13 @@ def summarize(runs: list[Run]) -> tuple[list[dict], dict]:
 def write_summary(runs: list[Run], out_dir: str | Path) -> list[Path]:
     """OUT/summary.csv (a `kind` column: `run` rows, then `mean` and `std` rows per variant, `n`
     = runs with a value) and OUT/summary.json ({"runs": rows, "variants": stats}, NaN -> null)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rows, stats = summarize(runs)
-    with open(out / "summary.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["kind", "variant", "seed", "n", *COLUMNS])
-        for r in rows:
-            w.writerow(["run", r["variant"], r["seed"], 1, *[_csv(r[c]) for c in COLUMNS]])
-        for v, st in stats.items():
-            for kind in ("mean", "std"):
-                w.writerow([kind, v, "", st["n"], *[_csv(st[c][kind]) for c in COLUMNS]])
-    (out / "summary.json").write_text(json.dumps(jsonable({"runs": rows, "variants": stats}), indent=1))
-    return [out / "summary.csv", out / "summary.json"]
+    table = [["kind", "variant", "seed", "n", *COLUMNS]]
+    table += [["run", r["variant"], r["seed"], 1, *[_csv(r[c]) for c in COLUMNS]] for r in rows]
+    for v, st in stats.items():
+        for kind in ("mean", "std"):
+            table.append([kind, v, "", st["n"], *[_csv(st[c][kind]) for c in COLUMNS]])
+    return write_summary_files(out_dir, {"runs": rows, "variants": stats}, table)
 
 
 def _csv(x) -> str:
@@ -192,7 +189,7 @@ def dimensionless_lines(runs: list[Run]) -> list[str]:
     cfg = (g.get("baseline") or runs)[0].config
     if "steps_per_epoch" not in cfg or "conv_weight_decay" not in cfg:
         return []
-    art, ours = theory.dimensionless(theory.ARTICLE_CONFIG), theory.dimensionless(cfg)
+    art, ours = dimensionless(ARTICLE_CONFIG), dimensionless(cfg)
     growth = "–"
     if "baseline" in g:
         m0 = sorted(float(m) for m in cfg["lr_milestones"])[0]
@@ -211,7 +208,7 @@ def dimensionless_lines(runs: list[Run]) -> list[str]:
     return [
         "## The article's dimensionless numbers, and this preset's",
         "",
-        'Computed from the resolved configs by `bnwd.nn.theory.dimensionless` (docs/theory.md, "Shrinking the experiment"); '
+        'Computed from the resolved configs by `bnwd.analysis.article.dimensionless` (docs/theory.md, "Shrinking the experiment"); '
         "the stage-1 norm growth is measured.",
         "",
         "| number | article | this run |",
@@ -246,7 +243,7 @@ def theory_by_stage(runs: list[Run]) -> list[dict]:
     over conv layers of ||dw|| / ||w|| (EMA), averaged over the last quarter of the stage (its end
     point excluded), for each variant that has conv L2 or emulates it; and, when the baseline logged its gradient scale
     (SGD) or always (AdamW), the baseline's conv sqsum over the same window against its equilibrium
-    value (`bnwd.analysis.plots.equilibrium_sqsum`) as `sqsum` / `sqsum_eq`. Empty when the config has no
+    value (`bnwd.analysis.equilibrium.equilibrium_sqsum`) as `sqsum` / `sqsum_eq`. Empty when the config has no
     weight decay."""
     g = by_variant(runs)
     cfg = (g.get("baseline") or runs)[0].config
@@ -465,7 +462,7 @@ def write_report(
     g = by_variant(runs)
     cfg = (g.get("baseline") or runs)[0].config
     claim_items = evaluate(runs)
-    (out / "claims.json").write_text(json.dumps(jsonable(claim_items), indent=1))
+    atomic_write(out / "claims.json", json.dumps(jsonable(claim_items), indent=1))
     seeds = sorted(
         {r.seed for r in runs},
         key=lambda s: (not isinstance(s, (int, float)), s if isinstance(s, (int, float)) else str(s)),
@@ -552,3 +549,17 @@ def write_report(
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def write_outputs(run_dirs: list[Path], out_dir: Path) -> dict:
+    """OUT/figures/, OUT/summary.{csv,json}, OUT/claims.json and OUT/report.md from the finished
+    runs among `run_dirs`."""
+    runs = [r for r in load_runs(run_dirs) if r.summary and r.summary.get("finished")]
+    if not runs:
+        raise BnwdError(f"none of the given runs has finished (no {SUMMARY})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figs = plot_all(runs, out_dir / "figures")
+    write_summary(runs, out_dir)
+    report = write_report(runs, out_dir, figs)
+    return {"figures": figs, "report": str(report or out_dir / "report.md"), "runs": [str(r) for r in run_dirs]}

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from bnwd.errors import BnwdError
-from bnwd.run.config import VARIANTS
+from bnwd.run.config import VARIANTS, bn098_momentum
 from bnwd.run.rundir import (
     CONFIG,
     METRICS,
     SUMMARY,
-    _read_json,
     atomic_write,
     jsonable,
     plateau,
@@ -23,6 +22,29 @@ from bnwd.run.rundir import (
     read_metrics,
     write_metrics,
 )
+
+RUNS = "runs"  # OUT/runs/<name>: the run folders of a reproduce or a sweep
+
+
+def run_dir(out: str | Path, name: str) -> Path:
+    """OUT/runs/<name>, the folder of run `name` in the output folder `out`."""
+    return Path(out) / RUNS / name
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories among `paths`, looking one and two levels down for folders of runs."""
+    found: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if (p / CONFIG).exists():
+            found.append(p)
+            continue
+        sub = sorted(c.parent for c in p.glob(f"*/{CONFIG}")) or sorted(c.parent for c in p.glob(f"*/*/{CONFIG}"))
+        if not sub:
+            raise BnwdError(f"{p} is not a run directory (no {CONFIG}) and holds none")
+        found += sub
+    return found
+
 
 # ---------------------------------------------------------------- runs read back
 
@@ -103,15 +125,15 @@ def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
 def load_run(run_dir: str | Path) -> Run:
     """Read a run directory; BnwdError (one line) if it is not one or has no metrics yet."""
     p = Path(run_dir)
-    if not p.is_dir() or not (p / "config.json").is_file():
-        raise BnwdError(f"{p} is not a run directory (needs config.json and metrics.jsonl)")
-    if not (p / "metrics.jsonl").is_file():
-        raise BnwdError(f"{p} is not a run directory with metrics (no metrics.jsonl)")
-    config = _read_json(p / "config.json", "config.json")
-    rows = [r for r in read_metrics(p / "metrics.jsonl") if isinstance(r.get("epoch"), (int, float))]
+    if not p.is_dir() or not (p / CONFIG).is_file():
+        raise BnwdError(f"{p} is not a run directory (needs {CONFIG} and {METRICS})")
+    if not (p / METRICS).is_file():
+        raise BnwdError(f"{p} is not a run directory with metrics (no {METRICS})")
+    config = read_json(p / CONFIG)
+    rows = [r for r in read_metrics(p / METRICS) if isinstance(r.get("epoch"), (int, float))]
     if not rows:
-        raise BnwdError(f"{p}/metrics.jsonl holds no sample points (no metrics yet)")
-    summary = _read_json(p / "summary.json", "summary.json") if (p / "summary.json").exists() else {}
+        raise BnwdError(f"{p}/{METRICS} holds no sample points (no metrics yet)")
+    summary = read_json(p / SUMMARY) if (p / SUMMARY).exists() else {}
     return Run(p, config, rows, summary)
 
 
@@ -188,8 +210,6 @@ def write_bn098_view(source: Path, view: Path) -> Path:
     """Write `view` as the `lr_scaled_bn098` run that `source` (a finished `lr_scaled` run trained
     with `bn098_view`) stands for: the same training, evaluated with the BN statistics kept at
     the 0.98-equivalent momentum (`test_*_bn098`). Derived data: rewritten from the source each time."""
-    from bnwd.run.config import bn098_momentum
-
     source, view = Path(source), Path(view)
     cfg = read_json(source / CONFIG)
     if cfg.get("variant") != "lr_scaled" or not cfg.get("resolved", {}).get("bn098_view"):
