@@ -168,7 +168,13 @@ def lag_lines(runs: list[Run]) -> list[str]:
         "seeds. own: the run's running averages; bn098: averages at the article's decay 0.98; comp: averages of "
         "the statistics divided by the filter norms, multiplied back at evaluation (removes the lag that weight "
         "growth causes); precise: recomputed at the current weights from training batches (no lag). The claims "
-        "below decide these differences; `figures/bn_lag.png` shows them over training.",
+        "below decide these differences; `figures/bn_lag.png` shows them over training. "
+        + (
+            "With `bn_views=stage1` the three extra views are computed at the stage-1 evaluations and the last one "
+            "only, to keep their cost down (docs/performance.md)."
+            if cfg.get("bn_views", "stage1") == "stage1"
+            else f"`bn_views={cfg.get('bn_views')}`."
+        ),
         "",
         "| variant | seeds | own | bn098 | comp | precise | precise − own | bn098 − own | comp − own |",
         "|---|---|---|---|---|---|---|---|---|",
