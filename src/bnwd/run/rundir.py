@@ -67,7 +67,8 @@ class RunDir:
     def prepare(self, cfg: C.Config, resume: bool, force: bool) -> str:
         """Decide what to do with the folder: 'new', 'resume' or 'done'. Never clobbers silently:
         another config, or this one without `resume`, is refused unless `force` (which deletes
-        the run's files). 'new' leaves an existing, empty-of-run folder; config.json comes later."""
+        the run's files). 'new' creates the folder; `trainer.train` writes config.json once the
+        run is built (it records what the data gave)."""
         out = self.path
         if self.config.exists():
             try:
