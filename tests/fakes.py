@@ -129,6 +129,24 @@ def benchmark_script(name: str):
     return mod
 
 
+def die_once(spec, out, data, force=False):
+    """A run whose first attempt kills its worker process outright (as the OOM killer or a crash in
+    native code would): the marker file makes the second attempt train normally."""
+    from bnwd.batch.sweep import run_spec
+
+    marker = Path(out) / f"{spec.name}.died"
+    if spec.name.endswith("s1") and not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("")
+        os._exit(9)
+    return run_spec(spec, out, data, force)
+
+
+def always_die(spec, out, data, force=False):
+    """A run that kills its worker every time."""
+    os._exit(9)
+
+
 def metrics_rows(run: str | os.PathLike) -> list[dict]:
     """The rows of RUN/metrics.jsonl, as written (no line dropped)."""
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
@@ -154,21 +172,3 @@ def crash_then_resume(cfg, out: str | os.PathLike, crash_step: int, **train_kw) 
     resumed_from = int(T.load_checkpoint(out / "checkpoint.pt")["step"])
     T.train(cfg, out, resume=True, progress=False, **train_kw)
     return resumed_from
-
-
-def die_once(spec, out, data, force=False):
-    """A run whose first attempt kills its worker process outright (as the OOM killer or a crash in
-    native code would): the marker file makes the second attempt train normally."""
-    from bnwd.batch.sweep import run_spec
-
-    marker = Path(out) / f"{spec.name}.died"
-    if spec.name.endswith("s1") and not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("")
-        os._exit(9)
-    return run_spec(spec, out, data, force)
-
-
-def always_die(spec, out, data, force=False):
-    """A run that kills its worker every time."""
-    os._exit(9)
