@@ -3,7 +3,7 @@
 Trains ResNet-20 (cpu-preset width 8, BN momentum 0.015, lr 0.1, L2 5e-3) on the same real
 CIFAR-10 batches twice and prints the relative logit difference per step:
 
-  exact    baseline SGD+L2 vs `WeightDecayAsLR` (the same dynamics in exact arithmetic)
+  exact    baseline SGD+L2 vs `weight_decay_as_lr` (the same dynamics in exact arithmetic)
   control  baseline vs baseline with every weight multiplied by (1 + 1e-13 * noise)
 
 Both gaps grow exponentially from rounding level at the same rate: early training at lr 0.1 is
@@ -38,21 +38,22 @@ def run(exact: bool, perturb: float = 0.0) -> list[torch.Tensor]:
         for p in m.parameters():
             p.mul_(1 + perturb * torch.randn_like(p))
     opt = torch.optim.SGD(bnwd.param_groups(m, 5e-3), lr=0.1, momentum=0.9)
-    o = bnwd.WeightDecayAsLR(opt, groups=["conv"], model=m, rescale_bn_eps=True) if exact else opt
+    if exact:  # the transform's hooks act on the optimizer's own steps
+        bnwd.weight_decay_as_lr(opt, groups=["conv"], model=m, rescale_bn_eps=True)
     g = torch.Generator().manual_seed(1)
     out = []
     for t in range(args.steps):
         sl = slice((t % 8) * 128, (t % 8 + 1) * 128)
         logits = m(standardize(augment(xs[sl], g)).to(dtype))
-        o.zero_grad()
+        opt.zero_grad()
         F.cross_entropy(logits, ys[sl]).backward()
-        o.step()
+        opt.step()
         out.append(logits.detach())
     return out
 
 
 a, b = (run(False), run(False, 1e-13)) if args.control else (run(False), run(True))
-print(f"{args.dtype}, {'baseline vs perturbed baseline' if args.control else 'baseline vs WeightDecayAsLR'}")
+print(f"{args.dtype}, {'baseline vs perturbed baseline' if args.control else 'baseline vs weight_decay_as_lr'}")
 for t in (0, 1, 2, 5, 10, 20, 40, 80, 160, 320):
     if t < args.steps:
         print(

@@ -68,8 +68,8 @@ def measure(tr: Trainer, sizes: list[int], rows: list[dict], t0: float) -> None:
     own = tr.evaluate()[1]
     for n in sizes:
         tr.cfg.precise_batches = n
-        a = tr.evaluate(tr.precise_model(tr.step))[1]
-        b = tr.evaluate(tr.precise_model(tr.step + 10_000))[1]  # a disjoint stretch of the stream
+        a = tr.evaluate(tr.views.precise_model(tr.step))[1]
+        b = tr.evaluate(tr.views.precise_model(tr.step + 10_000))[1]  # a disjoint stretch of the stream
         rows.append({"epoch": tr.step / tr.spe, "N": n, "own": own, "half_a": a, "half_b": b})
         print(
             f"epoch {tr.step / tr.spe:5.2f}  N={n:3d}  own {100 * own:5.2f}  precise A {100 * a:5.2f}  "

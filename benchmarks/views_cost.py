@@ -53,8 +53,8 @@ def main() -> None:
         with sh.swapped():
             tr.evaluate()
 
-    t_shadow = timed(lambda: shadow(tr.comp), 2)
-    t_precise = timed(lambda: tr.evaluate(tr.precise_model(tr.step)), 2)
+    t_shadow = timed(lambda: shadow(tr.views.comp), 2)
+    t_precise = timed(lambda: tr.evaluate(tr.views.precise_model(tr.step)), 2)
     t_views = 2 * t_shadow + t_precise  # bn098, comp, precise
 
     evals = [s for s in range(tr.sample_every, tr.total_steps + 1, tr.sample_every) if s % tr.eval_every == 0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import io
+import json
 import os
 import pickle
 import sys
@@ -14,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from bnwd.run import trainer as T
 from bnwd.run.data import ARCHIVE_NAME, CLASSES, FOLDER_NAME, IMAGE_VALUES, TEST_FILE, TRAIN_FILES
 
 # Fixed class colours (independent of the seed so train and test agree).
@@ -142,3 +145,30 @@ def die_once(spec, out, data, force=False):
 def always_die(spec, out, data, force=False):
     """A run that kills its worker every time."""
     os._exit(9)
+
+
+def metrics_rows(run: str | os.PathLike) -> list[dict]:
+    """The rows of RUN/metrics.jsonl, as written (no line dropped)."""
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def crash_then_resume(cfg, out: str | os.PathLike, crash_step: int, **train_kw) -> int:
+    """Train `cfg` into `out` until an exception at the start of step `crash_step` (after the
+    metrics rows past the last checkpoint were written), then `train(..., resume=True)` to the end.
+    Returns the step of the checkpoint the resumed leg started from (> 0: it did resume)."""
+    out = Path(out)
+    real = T.Trainer.train_step
+
+    def crashing(self, step):
+        if step == crash_step:
+            raise RuntimeError("simulated crash")
+        return real(self, step)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T.Trainer, "train_step", crashing)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            T.train(cfg, out, progress=False, **train_kw)
+    assert not (out / "summary.json").exists()
+    resumed_from = int(T.load_checkpoint(out / "checkpoint.pt")["step"])
+    T.train(cfg, out, resume=True, progress=False, **train_kw)
+    return resumed_from

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from bnwd.errors import ConfigError
 from bnwd.nn import invariance, theory
-from bnwd.nn.exact import WeightDecayAsLR, decay_scales, following_norms, weight_decay_as_lr
+from bnwd.nn.exact import decay_scales, following_norms, weight_decay_as_lr
 from bnwd.nn.models import resnet
 from bnwd.nn.monitor import Monitor
 from bnwd.nn.optim import param_groups
@@ -79,18 +79,18 @@ def logits(m, train=True):
     return out
 
 
-def pair(eps, shim=False, **kw):
+def pair(eps, **kw):
     """Baseline and transformed runs from the same weights on the same batches; per-step logits of both.
-    The transformed run steps its optimizer (`weight_decay_as_lr` handle), or the `WeightDecayAsLR` shim."""
+    The transformed run steps its own optimizer, with the `weight_decay_as_lr` handle attached."""
     base, tr = net(eps), net(eps)
     ob = torch.optim.SGD(groups(base), lr=LR, momentum=MU)
     ot = torch.optim.SGD(groups(tr), lr=LR, momentum=MU)
-    wrap = (WeightDecayAsLR if shim else weight_decay_as_lr)(ot, ["conv"], model=tr, **kw)
+    wrap = weight_decay_as_lr(ot, ["conv"], model=tr, **kw)
     sb = torch.optim.lr_scheduler.MultiStepLR(ob, [DROP], 0.1)
     st = torch.optim.lr_scheduler.MultiStepLR(ot, [DROP], 0.1)
     rb, rt, eb, et = [], [], [], []
     train(base, ob, sb, 0, STEPS, rb, eb)
-    train(tr, wrap if shim else ot, st, 0, STEPS, rt, et)
+    train(tr, ot, st, 0, STEPS, rt, et)
     return (
         base,
         tr,
@@ -102,9 +102,9 @@ def pair(eps, shim=False, **kw):
 
 def test_train_logits_match_with_tiny_eps():
     """BN eps 1e-14: train-mode logits agree to 1e-7 at every one of 300 steps (10x lr drop), and the
-    conv weights satisfy w~_t = w_t / s_t; the scheduler sets lr_t. Through the `WeightDecayAsLR` shim
-    (the interface train.py uses: .step(), .scale, .param_groups)."""
-    base, tr, wrap, diff, _ = pair(1e-14, shim=True)
+    conv weights satisfy w~_t = w_t / s_t; the scheduler sets lr_t. The optimizer is stepped as
+    usual and the handle's `.scale` gives s_t (what the trainer uses)."""
+    base, tr, wrap, diff, _ = pair(1e-14)
     print(f"max |logit diff| over all steps, eps 1e-14: {diff:.2e}")
     assert diff < 1e-7
     assert (logits(base) - logits(tr)).abs().max() < 1e-7
@@ -113,10 +113,11 @@ def test_train_logits_match_with_tiny_eps():
     for i in (0, 3):
         assert torch.allclose(tr[i].weight * s, base[i].weight, rtol=1e-8, atol=1e-12)
     # lr in the groups is the scheduler's lr_t (not lr~_t) between steps; the head kept its L2
-    assert all(g["lr"] == pytest.approx(LR / 10) for g in wrap.param_groups)
-    (conv,) = [g for g in wrap.param_groups if g["name"] == "conv"]
+    groups = wrap.optimizer.param_groups
+    assert all(g["lr"] == pytest.approx(LR / 10) for g in groups)
+    (conv,) = [g for g in groups if g["name"] == "conv"]
     assert conv["weight_decay"] == 0 and conv["wd_as_lr"] == WD and conv["wd_step"] == STEPS
-    assert all(g["weight_decay"] == WD for g in wrap.param_groups if g["name"] != "conv")
+    assert all(g["weight_decay"] == WD for g in groups if g["name"] != "conv")
 
 
 def test_rescaled_eps_exact_at_1e5():

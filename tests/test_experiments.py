@@ -97,23 +97,6 @@ def test_plot_rejects_non_run(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
-def test_adamw_runs(tmp_path, fake_data):
-    """optimizer=adamw trains the lr_scaled variant (conv lr scaled by sqrt(S/S_ref): eff lr ~ lr/||w||)."""
-    from bnwd.run.config import make_config
-    from bnwd.run.trainer import train
-
-    base = tmp_path / "b"
-    kw = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "train_subset": 0, "test_subset": 0}
-    train(make_config("smoke", kw), base, dataset=fake_data, progress=False)
-    s = train(
-        make_config("smoke", {**kw, "variant": "lr_scaled", "reference": str(base)}),
-        tmp_path / "s",
-        dataset=fake_data,
-        progress=False,
-    )
-    assert s["finished"]
-
-
 @pytest.mark.timeout(600)
 def test_reproduce_jobs_equal_serial(tmp_path, fake_data_dir):
     """`--jobs 2` trains two runs at a time (two seeds, one wave) in separate processes; with the same thread count the

@@ -4,8 +4,7 @@ Public API (imported lazily so `import bnwd` stays fast):
   resnet20, resnet                      the article's TF-official CIFAR ResNet v1
   param_groups, step_lr                 named groups conv/bn/head; the article's step schedule
   Monitor                               norms, relative steps, angles, effective lr via optimizer hooks
-  weight_decay_as_lr, decay_scales      the exact weight-decay -> learning-rate transform (optimizer hooks;
-                                        WeightDecayAsLR: its compatibility shim)
+  weight_decay_as_lr, decay_scales      the exact weight-decay -> learning-rate transform (optimizer hooks)
   find_scale_invariant, audit           which parameters are scale-invariant, numerically
   load_cifar10, Config, make_config, train
 """
@@ -24,7 +23,6 @@ _WHERE = {
     "lr_factor": "nn.optim",
     "Monitor": "nn.monitor",
     "decay_scales": "nn.exact",
-    "WeightDecayAsLR": "nn.exact",
     "weight_decay_as_lr": "nn.exact",
     "find_scale_invariant": "nn.invariance",
     "invariance_report": "nn.invariance",

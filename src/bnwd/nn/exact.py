@@ -36,8 +36,8 @@ lr_{t-1} (so a zero learning rate is fine):
 
 API: `weight_decay_as_lr(opt, groups=["conv"], model=model, rescale_bn_eps=True)` attaches the
 transform to the user's own torch.optim.SGD through its public step hooks and returns a handle
-(`.scale`, `.remove()`); the state lives in the optimizer's param groups. `WeightDecayAsLR` is a
-compatibility shim with the old wrapper's constructor and stepper methods.
+(`.scale`, `.remove()`); the state lives in the optimizer's param groups, so the optimizer's
+own `state_dict()` / `load_state_dict()` checkpoint and resume it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import operator
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -499,29 +499,3 @@ def _check_group(g: dict) -> None:
             f"the weight-decay -> lr transform supports SGD with plain heavy-ball momentum only; group "
             f"{g.get('name')!r} has {', '.join(bad)} set"
         )
-
-
-class WeightDecayAsLR(WeightDecayAsLRHandle):
-    """Compatibility shim: `weight_decay_as_lr(optimizer, ...)` plus the stepper calls of older code.
-
-    Same constructor as `weight_decay_as_lr`, and attaches the same hooks; `step`, `zero_grad`,
-    `state_dict`, `load_state_dict` and `param_groups` are the optimizer's own (the hooks do the
-    work, so stepping the shim and stepping the optimizer are the same). Not a
-    torch.optim.Optimizer: attach LR schedulers to the optimizer. New code: `weight_decay_as_lr`.
-    """
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    def step(self, closure: Callable[[], Any] | None = None):
-        return self.optimizer.step(closure)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state_dict)

@@ -43,12 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from bnwd.errors import ConfigError, one_line
 from bnwd.nn.models import resnet20
+from bnwd.nn.monitor import Monitor
 from bnwd.nn.optim import make_optimizer, param_groups
 from bnwd.run.data import augment, standardize
+from bnwd.run.device import Placement, loss_and_grad, pick_device
 from bnwd.run.rundir import peak_rss_mb
 
 LAYOUTS = ("channels_last", "plain")
@@ -121,8 +122,9 @@ class _Clock:
 class Setup:
     """One model + SGD momentum optimizer on synthetic uint8 data, optionally compiled.
 
-    `train_step()` is the training step of `bnwd train` (augment, standardize, forward,
-    cross-entropy, backward, `opt.step()`); `eval_batch()` its evaluation of one test batch.
+    `train_step()` is the training step of `bnwd train` (augment, standardize, then the
+    trainer's own `device.loss_and_grad`: forward, cross-entropy, backward; then `opt.step()`);
+    `eval_batch()` its evaluation of one test batch.
     """
 
     def __init__(
@@ -137,8 +139,8 @@ class Setup:
     ):
         torch.manual_seed(0)
         self.device, self.batch_size, self.amp, self.channels_last = device, batch_size, amp, channels_last
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = resnet20(width=width).to(device, memory_format=fmt)
+        self.place = Placement(device, amp, channels_last)
+        self.model = resnet20(width=width).to(device, memory_format=self.place.memory_format)
         self.opt = make_optimizer(param_groups(self.model, 2e-4), "sgd", 0.1, 0.9)
         self.forward = self.model
         if compile_mode is not None:
@@ -155,18 +157,12 @@ class Setup:
         self.clock = _Clock(device)
         self.i = 0
 
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
     def train_step(self) -> tuple:
         """One training step; returns the clock marks around `opt.step()` (hooks included)."""
         b, k = self.batch_size, self.i % 4
         self.i += 1
-        x = self._input(standardize(augment(self.data[k * b : (k + 1) * b], self.g)))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            loss = F.cross_entropy(self.forward(x).float(), self.y[k * b : (k + 1) * b])
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        x = self.place.input(standardize(augment(self.data[k * b : (k + 1) * b], self.g)))
+        loss_and_grad(self.forward, x, self.y[k * b : (k + 1) * b], self.opt, self.place)
         a = self.clock.mark()
         self.opt.step()
         return a, self.clock.mark()
@@ -175,8 +171,8 @@ class Setup:
     def eval_batch(self, k: int) -> torch.Tensor:
         b = self.eval_batch_size
         sl = slice((k % 2) * b, (k % 2 + 1) * b)
-        x = self._input(standardize(self.eval_data[sl]))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        x = self.place.input(standardize(self.eval_data[sl]))
+        with self.place.autocast():
             logits = self.forward(x).float()
         return (logits.argmax(1) == self.eval_y[sl]).sum()
 
@@ -184,8 +180,6 @@ class Setup:
 def warm_up(s: Setup, warmup: int = 3, sample_every: int = ARTICLE_SAMPLE_EVERY) -> float:
     """`warmup` untimed steps (the last one with a Monitor); returns the first step's seconds
     (allocations; for a compiled model, the compilation of the forward and backward graphs)."""
-    from bnwd.nn.monitor import Monitor
-
     s.model.train()
     _sync(s.device)
     t = time.perf_counter()
@@ -211,8 +205,6 @@ def time_train(
     training), means, the optimizer-step medians (hooks included when on), the median of the
     paired per-round ratios with/without, `sample()` and the per-round block means.
     """
-    from bnwd.nn.monitor import Monitor
-
     dev = setups[0].device
     cuda = dev.type == "cuda"
     kinds = [(i, on) for i in range(len(setups)) for on in (False, True)]
@@ -416,8 +408,6 @@ def bench(
     when compiling is on and worked); every configuration's are under ``configs``. With
     `compile_probe_on` the model is first compiled and run in a child process (`compile_probe`).
     """
-    from bnwd.run.trainer import pick_device
-
     if compile not in COMPILE:
         raise ConfigError(f"--compile must be one of {', '.join(COMPILE)}, got {compile!r}")
     for name, v, lo in (("batch size", batch_size, 1), ("steps", steps, 1), ("width", width, 1)):

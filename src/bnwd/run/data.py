@@ -475,6 +475,25 @@ def load_cifar10(data: str | os.PathLike | None = None, download: bool | None = 
     return _load_cached("archive", str(archive.resolve()), _stat_key(archive))
 
 
+def run_data(
+    dataset: Cifar10 | None,
+    data: str | os.PathLike | None,
+    device: torch.device,
+    train_subset: int = 0,
+    test_subset: int = 0,
+    batch_size: int = 1,
+) -> Cifar10:
+    """What a run trains on: `dataset` (else `load_cifar10(data)`), its class-balanced subset
+    when either subset size is set, on `device`. A batch larger than the training set is a ConfigError."""
+    ds = dataset if dataset is not None else load_cifar10(data)
+    if train_subset or test_subset:
+        ds = ds.subset(train_subset, test_subset, seed=0)
+    ds = ds.to(device)
+    if batch_size > ds.n_train:
+        raise ConfigError(f"batch_size={batch_size} is larger than the training set ({ds.n_train} images)")
+    return ds
+
+
 # --------------------------------------------------------------------------- #
 # augmentation and standardization
 # --------------------------------------------------------------------------- #

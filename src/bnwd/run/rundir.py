@@ -1,12 +1,26 @@
-"""The run directory, the one owner of its files, and runs read back for plots and reports.
+"""The run directory: the one owner of its files (`RunDir`), and the file helpers under it.
 
-RUN/config.json     the resolved config
+RUN/config.json     the resolved config (written once, when the run starts)
 RUN/metrics.jsonl   one JSON object per sample point
-RUN/summary.json    written when the run finishes
+RUN/summary.json    written atomically when the run finishes
 RUN/checkpoint.pt   model, optimizer, monitor, step, config; written atomically
 RUN/failed.txt      why the run failed, when a pool gave up on it (removed when it starts again)
 
-Several runs of one variant (seeds) aggregate to mean +- std curves (`aggregate`).
+A batch of runs keeps each in OUT/runs/<name> (`RunDir.of(out, name)`).
+
+`RunDir` API (paths: `.path .config .metrics .summary .ckpt .failed`):
+
+    RunDir.of(out, name)          OUT/runs/<name>;  RunDir(path) for any folder
+    rd.prepare(cfg, resume, force) -> "new" | "resume" | "done"   (never clobbers silently)
+    rd.write_config(doc)          config.json, atomically (once per run)
+    rd.read_config() / rd.read_summary() / rd.rows()              read back
+    rd.write_summary(summary)     summary.json, atomically (NaN -> null)
+    rd.finished                   summary.json exists
+    rd.mark_failed(why) / rd.clear_failed() / rd.failed_reason() -> str | None
+
+The module-level names (CONFIG, METRICS, SUMMARY, CKPT, FAILED, atomic_write, read_metrics,
+write_metrics, save_checkpoint, load_checkpoint, read_json, jsonable, plateau, peak_rss_mb,
+check_out_dir) stay for code that works with single files.
 """
 
 from __future__ import annotations
@@ -23,9 +37,103 @@ import numpy as np
 import torch
 
 from bnwd.errors import BnwdError, CheckpointError, ConfigError
+from bnwd.run import config as C
 
 CONFIG, METRICS, SUMMARY, CKPT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
 FAILED = "failed.txt"
+RUNS = "runs"  # OUT/runs/<name>: the runs of a batch (reproduce, sweep)
+
+
+class RunDir:
+    """One run's folder: its file names, the new/resume/done/force decision, config.json,
+    summary.json and the failed marker (module docstring for the API)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config, self.metrics, self.summary = self.path / CONFIG, self.path / METRICS, self.path / SUMMARY
+        self.ckpt, self.failed = self.path / CKPT, self.path / FAILED
+
+    @classmethod
+    def of(cls, out: str | Path, name: str) -> RunDir:
+        return cls(Path(out) / RUNS / name)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def finished(self) -> bool:
+        return self.summary.exists()
+
+    def prepare(self, cfg: C.Config, resume: bool, force: bool) -> str:
+        """Decide what to do with the folder: 'new', 'resume' or 'done'. Never clobbers silently:
+        another config, or this one without `resume`, is refused unless `force` (which deletes
+        the run's files). 'new' creates the folder; `trainer.train` writes config.json once the
+        run is built (it records what the data gave)."""
+        out = self.path
+        if self.config.exists():
+            try:
+                old = C.load_config(self.config)
+            except (ValueError, BnwdError, TypeError):
+                if not force:
+                    raise ConfigError(f"{self.config} is unreadable; use --force to start the run over") from None
+                old = None
+            differences = C.diff(old, cfg) if old is not None else ["unreadable config"]
+            if force:
+                for p in (self.metrics, self.summary, self.ckpt, self.config):
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+            elif differences:
+                raise ConfigError(
+                    f"{out} holds a run with another config ({'; '.join(differences[:4])}); "
+                    "choose another --out or pass --force to overwrite it"
+                )
+            elif self.finished:
+                if resume:
+                    return "done"
+                raise ConfigError(
+                    f"{out} already holds this finished run; pass --resume to keep it or --force to redo it"
+                )
+            elif not resume:
+                raise ConfigError(
+                    f"{out} holds an unfinished run with this config; pass --resume to continue it or --force to restart"
+                )
+            else:
+                return "resume"
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BnwdError(f"cannot create run directory {out}: {e.strerror or e}") from None
+        return "new"
+
+    def write_config(self, doc: dict) -> None:
+        atomic_write(self.config, json.dumps(doc, indent=1))
+
+    def read_config(self) -> dict:
+        return read_json(self.config)
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write(self.summary, json.dumps(jsonable(summary), indent=1))
+
+    def read_summary(self) -> dict:
+        return read_json(self.summary)
+
+    def rows(self) -> list[dict]:
+        return read_metrics(self.metrics)
+
+    def mark_failed(self, why: str) -> None:
+        """The marker a pool writes when it gives up on the run (readers waiting on it stop)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.failed, why.rstrip("\n") + "\n")
+
+    def clear_failed(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.failed.unlink()
+
+    def failed_reason(self) -> str | None:
+        try:
+            return self.failed.read_text().strip()
+        except FileNotFoundError:
+            return None
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
