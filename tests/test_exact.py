@@ -367,3 +367,36 @@ def test_library_errors_are_value_errors():
         with pytest.raises(ValueError) as e:
             bad()
         assert isinstance(e.value, ConfigError) and e.value.exit_code == 2
+
+
+@pytest.mark.skipif(not hasattr(nn, "RMSNorm"), reason="torch without nn.RMSNorm")
+def test_rmsnorm_with_default_eps_is_followed_and_transformed_exactly():
+    """RMSNorm computes g * x / sqrt(mean(x^2) + eps), scale-invariant in x up to eps, like BN.
+    Its eps=None means finfo(dtype).eps; the transform must rescale that eps to eps / s_t^2 as it
+    does BN's, so 200 float64 steps of SGD with L2 on the linear layer before it, against the same
+    run with that L2 moved into the learning rate, give the same function to 1e-10."""
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16, bias=False), nn.RMSNorm(16), nn.ReLU(), nn.Linear(16, 3)).double()
+
+    def sgd(m):
+        groups = [
+            {"params": [m[0].weight], "name": "conv", "weight_decay": 5e-3},
+            {"params": [*m[1].parameters(), *m[3].parameters()], "name": "head", "weight_decay": 0.0},
+        ]
+        return torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+
+    a, b = make(), make()
+    oa, ob = sgd(a), sgd(b)
+    h = weight_decay_as_lr(ob, ["conv"], model=b)
+    assert following_norms(b, [b[0].weight]) == {id(b[0].weight): [b[1]]}
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (64,), generator=g)
+    for _ in range(200):
+        for m, o in ((a, oa), (b, ob)):
+            o.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+    assert h.scale["conv"] < 0.5  # the weights of the transformed run really are rescaled
+    torch.testing.assert_close(b(x), a(x), rtol=0, atol=1e-10)

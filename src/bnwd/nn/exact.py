@@ -55,10 +55,7 @@ import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
 from bnwd.errors import ConfigError
-
-# Normalization layers whose output is invariant to a positive scaling of their input
-# (up to eps): every one of them has an `eps`; only BatchNorm-like ones keep running stats.
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+from bnwd.nn.models import NORM_TYPES
 
 # Group keys (timm style: the transform's state lives in the optimizer's param groups, so
 # the optimizer's own state_dict / load_state_dict checkpoint and resume it).
@@ -98,7 +95,6 @@ def decay_scales(lrs: Sequence[float], momentum: float, weight_decay: float) -> 
 
 _PASS_MODULES = (
     nn.ReLU,
-    nn.ReLU6,
     nn.LeakyReLU,
     nn.Identity,
     nn.Dropout,
@@ -155,8 +151,6 @@ _PASS_METHODS = {
     "double",
     "half",
 }
-# ReLU6 is not positively homogeneous; keep it out.
-_PASS_MODULES = tuple(t for t in _PASS_MODULES if t is not nn.ReLU6)
 
 
 def following_norms(model: nn.Module, params: Iterable[torch.Tensor]) -> dict[int, list[nn.Module]]:
@@ -378,7 +372,9 @@ class WeightDecayAsLRHandle:
                     lst = self.norms.setdefault(g["name"], [])
                     if all(m is not x for x in lst):
                         lst.append(m)
-                        self.base_eps[id(m)] = float(m.eps)
+                        # RMSNorm's eps=None means the input dtype's machine epsilon; made explicit so it can scale
+                        dt = m.weight.dtype if getattr(m, "weight", None) is not None else torch.get_default_dtype()
+                        self.base_eps[id(m)] = float(torch.finfo(dt).eps if m.eps is None else m.eps)
 
     def _apply_eps(self) -> None:
         if self.rescale_bn_eps:
