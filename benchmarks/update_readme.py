@@ -22,6 +22,8 @@ import re
 import sys
 from pathlib import Path
 
+from bnwd.analysis.stats import seeds_text
+
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "docs" / "cpu"
 
@@ -71,7 +73,7 @@ def results() -> str:
                 est += " (one seed)"
             if c.get("seeds_needed"):
                 lo, hi = c.get("seeds_needed_range") or (None, None)
-                est += f"; ~{c['seeds_needed']} seeds" + (f" ({lo}-{hi})" if lo and hi else "")
+                est += "; " + seeds_text(c["seeds_needed"], lo, hi)
         else:
             est = "one seed" if "one seed" in c.get("reason", "") else c.get("reason", "")
         lines.append(f"| `{c['id']}` | {c.get('kind', '')} | **{c['verdict']}** | {est} |")

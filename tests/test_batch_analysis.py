@@ -8,6 +8,7 @@ import math
 import pytest
 
 from bnwd.analysis import claims
+from bnwd.analysis.stats import SEEDS_CAP, seeds_text
 from bnwd.analysis.sweep import intrinsic_lr_check, theory_check
 from bnwd.batch.engine import RunSpec, levels, retryable, run_local
 from bnwd.errors import BnwdError, ConfigError, DataError, DivergenceError
@@ -142,3 +143,10 @@ def test_claims_say_no_data_for_missing_views_and_raise_on_a_bug(tmp_path, monke
     monkeypatch.setattr(claims, "CLAIMS", (claims.Claim(c.id, c.text, c.needs, c.rule, c.kind, bug),))
     with pytest.raises(KeyError):
         claims.evaluate(runs)
+
+
+def test_a_seed_count_at_the_cap_reads_as_at_least():
+    """seeds_needed stops at SEEDS_CAP, which means "at least that many", never "about"."""
+    assert seeds_text(84, 29, SEEDS_CAP) == f"~84 seeds (29-{SEEDS_CAP}+)"
+    assert seeds_text(SEEDS_CAP, SEEDS_CAP, SEEDS_CAP) == f"{SEEDS_CAP}+ seeds"
+    assert seeds_text(3) == "~3 seeds"

@@ -38,7 +38,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from bnwd.analysis.runs import Run, by_variant
-from bnwd.analysis.stats import Effect, NoData, one_sample, seeds_needed, seeds_needed_range
+from bnwd.analysis.stats import (
+    SEEDS_CAP,
+    Effect,
+    NoData,
+    one_sample,
+    seeds_count,
+    seeds_needed,
+    seeds_needed_range,
+    seeds_text,
+)
 from bnwd.run.rundir import plateau
 
 # ---------------------------------------------------------------- what a claim reads from runs
@@ -437,9 +446,9 @@ def describe(item: dict) -> str:
     elif item.get("seeds_needed"):
         lo_n, hi_n = item.get("seeds_needed_range") or (None, None)
         pf = item.get("powered_for")
-        s += f"; ~{item['seeds_needed']} seeds would decide it with 80% power"
+        s += f"; {seeds_text(item['seeds_needed'])} would decide it with 80% power"
         if pf is not None:
             s += f" against {f(pf)}{u}"
-        if lo_n and hi_n:
-            s += f" ({lo_n}-{hi_n} over the 95% range of the measured spread)"
+        if lo_n and hi_n and item["seeds_needed"] < SEEDS_CAP:
+            s += f" ({seeds_count(lo_n)}-{seeds_count(hi_n)} over the 95% range of the measured spread)"
     return s

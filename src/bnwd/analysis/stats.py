@@ -95,9 +95,25 @@ def nested_f(ss_total: float, ss_reduced: float, ss_full: float, df_nested: int,
     return F, float(f_dist.sf(F, df_nested, df_within))
 
 
-def seeds_needed(e: Effect, distance: float, cap: int = 1000, power: float = 0.8) -> int | None:
+SEEDS_CAP = 1000  # seeds_needed stops counting here: "at least this many"
+
+
+def seeds_count(n: int) -> str:
+    """A seeds-needed count; `SEEDS_CAP` reads "1000+": at least that many."""
+    return f"{n}+" if n >= SEEDS_CAP else str(n)
+
+
+def seeds_text(n: int, lo: int | None = None, hi: int | None = None) -> str:
+    """A seeds-needed count with its range as a report prints it: "~84 seeds (29-1000+)", or
+    "1000+ seeds" at the cap (no range)."""
+    if n >= SEEDS_CAP:
+        return f"{seeds_count(n)} seeds"
+    return f"~{n} seeds" + (f" ({seeds_count(lo)}-{seeds_count(hi)})" if lo and hi else "")
+
+
+def seeds_needed(e: Effect, distance: float, cap: int = SEEDS_CAP, power: float = 0.8) -> int | None:
     """Seeds (per variant for Welch) at which a 5% two-sided test has `power` against an effect of
-    size `distance` at the measured spread; None without a measured spread."""
+    size `distance` at the measured spread (`cap` when not below it); None without a measured spread."""
     if not e.spread or not distance > 0 or not all(math.isfinite(s) for s in e.spread):
         return None
     from scipy.stats import t
