@@ -15,6 +15,7 @@ from bnwd.run.rundir import (
     CONFIG,
     METRICS,
     SUMMARY,
+    RunDir,
     atomic_write,
     jsonable,
     plateau,
@@ -23,12 +24,10 @@ from bnwd.run.rundir import (
     write_metrics,
 )
 
-RUNS = "runs"  # OUT/runs/<name>: the run folders of a reproduce or a sweep
-
 
 def run_dir(out: str | Path, name: str) -> Path:
     """OUT/runs/<name>, the folder of run `name` in the output folder `out`."""
-    return Path(out) / RUNS / name
+    return RunDir.of(out, name).path
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:

@@ -34,7 +34,7 @@ from bnwd.analysis.runs import run_dir, write_bn098_view
 from bnwd.errors import BnwdError, ConfigError, one_line
 from bnwd.run.config import make_config
 from bnwd.run.data import load_cifar10
-from bnwd.run.rundir import CONFIG, FAILED, METRICS, SUMMARY, atomic_write
+from bnwd.run.rundir import CONFIG, METRICS, SUMMARY, RunDir
 from bnwd.run.trainer import Interrupted, train
 
 
@@ -263,8 +263,7 @@ class _Record:
         else:
             self.results[spec.name] = {"status": "failed", "error": err}
             with contextlib.suppress(OSError, BnwdError):
-                run_dir(self.out, spec.name).mkdir(parents=True, exist_ok=True)
-                atomic_write(run_dir(self.out, spec.name) / FAILED, err + "\n")
+                RunDir.of(self.out, spec.name).mark_failed(err)
         if self.bar is not None:
             self.bar.update(1)
 
@@ -292,7 +291,7 @@ def run_local(
     order = {s.name: i for i, s in enumerate(specs)}
     for spec in specs:  # a marker left by an earlier call would stop a reader of this run at once
         with contextlib.suppress(OSError):
-            (run_dir(out, spec.name) / FAILED).unlink()
+            RunDir.of(out, spec.name).clear_failed()
 
     def failed(spec: RunSpec, attempt: int, e: BaseException) -> bool:
         """Record the failure unless the run gets another attempt; True when it does."""
